@@ -1,0 +1,59 @@
+"""Argument checks shared by the public functions and constructors.
+
+Every check raises a ``TypeError`` or ``ValueError`` whose message names the argument, the value
+it got and what was expected, so a learner sees the mistake at the line they wrote.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an ``int`` > 0, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value <= 0:
+        raise ValueError(f"{name}={value} must be a positive integer")
+    return value
+
+
+def probability(name: str, value: object, *, upper_inclusive: bool = False) -> float:
+    """Return ``value`` as a float in [0, 1) (or [0, 1] with ``upper_inclusive``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__} ({value!r})")
+    ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
+    if not ok:
+        interval = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ValueError(f"{name}={value} must lie in {interval}")
+    return float(value)
+
+
+def tensor(name: str, value: object, *, ndim_min: int = 1, floating: bool | None = None) -> torch.Tensor:
+    """Check that ``value`` is a tensor with at least ``ndim_min`` dims (and float/int dtype)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() < ndim_min:
+        raise ValueError(
+            f"{name} must have at least {ndim_min} dimensions, got shape {tuple(value.shape)}"
+        )
+    if floating is True and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if floating is False and (value.is_floating_point() or value.dtype == torch.bool):
+        raise TypeError(
+            f"{name} must hold integer token ids (torch.long), got dtype {value.dtype}"
+        )
+    return value
+
+
+def broadcastable(name: str, shape: tuple[int, ...], target: tuple[int, ...], hint: str) -> None:
+    """Raise unless ``shape`` broadcasts to ``target`` without changing ``target``."""
+    if len(shape) > len(target):
+        raise ValueError(
+            f"{name} of shape {shape} has more dimensions than {target}; expected {hint}"
+        )
+    for got, want in zip(reversed(shape), reversed(target)):
+        if got not in (1, want):
+            raise ValueError(
+                f"{name} of shape {shape} cannot broadcast to {target}; expected {hint}"
+            )
