@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,4 +426,3 @@ __all__ = [
     "BertConfig", "BertEmbeddings", "BertEncoder", "batch_encode", "cosine_top_k", "default_model_dir",
     "encode_sentences", "key_padding_mask", "load_bert_weights", "load_minilm", "mean_pool", "weight_map",
 ]
-_ = math  # noqa: F401
