@@ -556,10 +556,12 @@ def _sample_act(rng: random.Random) -> Clause:
     # (他每天看书 → He reads books every day; 他不会买书 → He will not buy books)
     if noun.mass or (verb.generic and (habit or negative)):
         forms.append("bare")
-    if (countable and not (habit and noun.tags & {"food", "drink"})) or "homework" in noun.tags:
+    if (countable and not (habit and verb.zh in "吃喝")) or "homework" in noun.tags:
         forms.append("poss")
     if countable and tense != "habitual":
         forms.append("dem")
+    if not forms:
+        return _sample_act(rng)
     subject = _person(rng, allow_i=not question)
     obj = _noun_phrase(rng, noun, forms)
     return Clause("act", subject, tense, verb, obj, negative=negative, question=question,
@@ -681,10 +683,15 @@ def _split_of(c: Clause) -> str:
 
 
 @lru_cache(maxsize=1)
+def _pool() -> tuple[tuple[Clause, Pair], ...]:
+    return tuple(_generate(POOL_SIZE, SPLIT_SEED))
+
+
+@lru_cache(maxsize=1)
 def _splits() -> dict[str, tuple[Pair, ...]]:
     groups: dict[str, list[Pair]] = {"train": [], "valid": [], "test": [], "valid_pair": [],
                                      "test_pair": []}
-    for c, pair in _generate(POOL_SIZE, SPLIT_SEED):
+    for c, pair in _pool():
         groups[_split_of(c)].append(pair)
     rng = random.Random(SPLIT_SEED)
     out = {"train": tuple(groups["train"])}

@@ -257,6 +257,46 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def world_size() -> int:
+    """The number of processes in the group (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class GlobalMeanLoss(nn.Module):
+    """This process's share of the mean loss per target token over *all* processes' tokens.
+
+    DDP averages gradients: it computes (1/W) Σ_r ∇L_r over the W processes. If each process
+    used its own mean L_r = S_r / n_r (S_r its summed loss, n_r its non-pad target tokens), the
+    result would be the gradient of the *mean of the means*, which equals the gradient of the
+    global mean S / N (N = Σ_r n_r) only when every n_r is N / W. Equal numbers of sentences do
+    not give equal numbers of tokens, so this loss returns L_r = W · S_r / N instead, with N
+    all-reduced across processes; then (1/W) Σ_r ∇L_r = ∇(S / N) exactly, as on one process
+    with the whole batch. On one process it is the ordinary mean.
+
+    Args:
+        loss_sum: a loss with ``reduction="sum"`` that skips padding, e.g.
+            ``tformer.train.LabelSmoothingLoss(0.1, reduction="sum")``.
+        ignore_index: the padding id that ``loss_sum`` skips (tokens that are not counted).
+    """
+
+    def __init__(self, loss_sum: nn.Module, ignore_index: int = 0) -> None:
+        super().__init__()
+        if not isinstance(loss_sum, nn.Module):
+            raise TypeError(f"loss_sum must be a torch.nn.Module, got {type(loss_sum).__name__}")
+        if getattr(loss_sum, "reduction", "sum") != "sum":
+            raise ValueError(
+                f"loss_sum must sum over tokens (reduction='sum'), got reduction={loss_sum.reduction!r}"
+            )
+        self.loss_sum, self.ignore_index = loss_sum, ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` (B, T, V), ``target`` (B, T) → scalar W · S_r / N."""
+        n_local = (target != self.ignore_index).sum().to(torch.float64)
+        n_global = all_reduce_sum(n_local).clamp(min=1)  # N, the same on every process
+        summed = self.loss_sum(logits, target)  # S_r
+        return summed * (world_size() / n_global).to(summed.dtype)
+
+
 def is_main_process() -> bool:
     """True in the process that should print and save (rank 0), and when not distributed."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

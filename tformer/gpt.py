@@ -124,8 +124,7 @@ class GPT(nn.Module):
         # GPT-2 scales the init of the projections that write into the residual stream by
         # 1/sqrt(2N), so the variance of the sum of 2N residual branches stays O(1).
         for block in self.blocks:
-            last_ffn = [m for m in block.ffn.modules() if isinstance(m, nn.Linear)][-1]
-            for proj in (block.attn.w_o, last_ffn):
+            for proj in (block.attn.w_o, block.ffn.linear2):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * c.num_layers))
 
     @staticmethod

@@ -223,7 +223,7 @@ class Transformer(nn.Module):
 
     # ---- input checks -------------------------------------------------------------------
     def _check_ids(self, name: str, ids: torch.Tensor, vocab_size: int, start: int = 0) -> None:
-        _checks.tensor(name, ids, ndim_min=2, floating=False)
+        _checks.tensor(name, ids, ndim_min=1, floating=False)
         if ids.dim() != 2:
             raise ValueError(f"{name} must be token ids of shape (B, T), got shape {tuple(ids.shape)}")
         if ids.shape[1] == 0:

@@ -277,3 +277,48 @@ CHECKS: dict[str, Callable[[Callable], int]] = {
     "attention.multi_head_merge": check_multi_head_merge,
     "positional.sinusoidal": check_sinusoidal,
 }
+
+
+# --- chapter 1: why.cnn_layers_needed, why.padding_fraction --------------------------------------
+
+
+def check_cnn_layers_needed(fn: Callable) -> int:
+    """``fn(n, kernel_size)``: fewest stacked convolutions after which tokens n apart interact."""
+    cases = [(1, 3), (2, 3), (7, 3), (10, 3), (100, 3), (8, 5), (9, 5), (50, 7)]
+    for i, (n, k) in enumerate(cases, start=1):
+        want = math.ceil(n / (k - 1))
+        got = fn(n, k)
+        if got != want:
+            hint = "each layer widens the receptive field by kernel_size - 1 positions in total: " \
+                   "ceil(n / (kernel_size - 1))."
+            if got == n or got == math.ceil(n / ((k - 1) // 2)):
+                hint = ("count the window of one output in the middle, which grows on both sides: "
+                        "L layers see L*(kernel_size-1)+1 positions, ceil(n / (kernel_size - 1)).")
+            raise CheckFailed(f"case {i} (n={n}, kernel_size={k}): expected {want}, got {got!r}", hint)
+    return len(cases)
+
+
+def check_padding_fraction(fn: Callable) -> int:
+    """``fn(lengths, batch_size)``: share of padding when consecutive batches pad to their max."""
+    cases = [([3, 3, 3, 3], 2), ([1, 4, 2, 2], 2), ([5, 1, 1, 1, 2], 2), ([2, 7, 3, 1, 1, 6, 4], 3),
+             ([4], 1)]
+    for i, (lengths, b) in enumerate(cases, start=1):
+        padded = sum(max(lengths[j:j + b]) * len(lengths[j:j + b]) for j in range(0, len(lengths), b))
+        want = 1 - sum(lengths) / padded
+        got = fn(list(lengths), b)
+        if not isinstance(got, (int, float)) or isinstance(got, bool) or abs(got - want) > 1e-9:
+            hint = "pad each batch to its own longest sentence; padding = padded positions - real tokens."
+            global_max = 1 - sum(lengths) / (max(lengths) * len(lengths))
+            if isinstance(got, (int, float)) and abs(got - global_max) < 1e-9:
+                hint = "pad each batch to its own longest sentence, not to the longest of all batches."
+            elif isinstance(got, (int, float)) and padded and abs(got - sum(lengths) / padded) < 1e-9:
+                hint = "return the share of padding (1 - real/padded), not the share of real tokens."
+            raise CheckFailed(f"case {i} (lengths={lengths}, batch_size={b}): expected {want:.4f}, "
+                              f"got {got!r}", hint)
+    return len(cases)
+
+
+CHECKS.update({
+    "why.cnn_layers_needed": check_cnn_layers_needed,
+    "why.padding_fraction": check_padding_fraction,
+})

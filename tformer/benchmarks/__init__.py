@@ -1,0 +1,262 @@
+"""Benchmarks behind the book's performance page: ``python -m tformer bench``.
+
+Each benchmark is a module ``tformer.benchmarks.<module>`` with ``run(quick: bool = False) -> dict``
+returning ``{"title", "summary", "hardware_note", "metrics", "table"}`` (JSON-serialisable). Every
+figure in it is either a ratio of two things measured side by side in the same run, or an absolute
+time labelled with the hardware it was measured on (the runner records that machine).
+
+The runner imports each module only when it runs it, so one that is missing or raises is reported
+as failed with the reason and the others still run. ``scripts/render_performance.py`` turns the
+JSON into ``book/performance.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+# name -> module; the order is the order of the performance page.
+BENCHMARKS: dict[str, str] = {
+    "attention": "tformer.benchmarks.attention",
+    "fused": "tformer.benchmarks.fused",
+    "model": "tformer.benchmarks.model",
+    "kv_cache": "tformer.benchmarks.kv_cache",
+    "gpt": "tformer.benchmarks.gpt",
+    "translation": "tformer.benchmarks.translation",
+}
+
+REQUIRED_KEYS = ("title", "summary", "metrics", "table")
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def default_out(quick: bool = False) -> Path:
+    """``book/_static/bench/results.json`` in the repository (quick runs go to ``_build/`` instead,
+    so a smoke test never replaces the numbers the committed page is rendered from)."""
+    root = _REPO if (_REPO / "book").is_dir() else Path.cwd()
+    if quick:
+        return root / "_build" / "bench" / "results-quick.json"
+    return root / "book" / "_static" / "bench" / "results.json"
+
+
+# ---------------------------------------------------------------------------- the machine
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on: platform, CPU model, cores, torch version and threads."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count() or 1,
+        "usable_cores": usable,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    return info
+
+
+def describe_machine(info: dict) -> str:
+    """One line for tables: ``'Intel Xeon …, 2 cores, torch 2.x (2 threads)'``."""
+    cores = info.get("usable_cores", info.get("cores"))
+    text = f"{info.get('cpu', '?')}, {cores} cores, torch {info.get('torch', '?')} ({info.get('torch_threads', '?')} threads)"
+    if info.get("gpu"):
+        text += f", GPU {info['gpu']}"
+    return text
+
+
+# ---------------------------------------------------------------------------- timing helpers
+def time_pair(
+    fn_a: Callable[[], object],
+    fn_b: Callable[[], object],
+    repeats: int,
+    warmup: int = 1,
+) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b``, timed alternately (a, b, a, b, ...).
+
+    Alternating means both see the same machine load, so their ratio is fair even on a busy
+    machine where the absolute times are not.
+    """
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn_a()
+        t1 = time.perf_counter()
+        fn_b()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def hardware_note() -> str:
+    """The sentence that labels an absolute time."""
+    return f"Absolute times were measured on {describe_machine(machine_info())}."
+
+
+# ---------------------------------------------------------------------------- the runner
+def _jsonable(value: object) -> object:
+    """Round-trip through JSON so a bad result fails here, not when the file is written."""
+    def default(o: object) -> object:
+        if isinstance(o, torch.Tensor) and o.numel() == 1:
+            return o.item()
+        if hasattr(o, "item"):  # numpy scalars
+            return o.item()
+        raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+    def clean(o: object) -> object:  # NaN/inf are not JSON
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [clean(v) for v in o]
+        return o
+
+    return clean(json.loads(json.dumps(value, default=default)))
+
+
+def run_one(name: str, quick: bool = False) -> dict:
+    """Run benchmark ``name``; always returns a dict with ``status`` "ok" or "failed" (+ ``error``)."""
+    module_name = BENCHMARKS[name]
+    t0 = time.perf_counter()
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and module_name.startswith(e.name):
+                return {
+                    "status": "failed",
+                    "error": f"module {module_name} does not exist (yet)",
+                    "seconds": 0.0,
+                }
+            raise
+        run = getattr(module, "run", None)
+        if not callable(run):
+            raise RuntimeError(f"{module_name} has no run(quick=False) function")
+        result = run(quick=quick)
+        if not isinstance(result, dict):
+            raise TypeError(f"{module_name}.run() returned {type(result).__name__}, expected a dict")
+        missing = [k for k in REQUIRED_KEYS if k not in result]
+        if missing:
+            raise ValueError(f"{module_name}.run() result lacks the keys {missing}")
+        result = _jsonable(result)
+    except Exception as e:  # noqa: BLE001 - one broken benchmark must not stop the others
+        last = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
+        where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+        return {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}{where}",
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    return {"status": "ok", **result, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def parse_only(text: str | None) -> list[str]:
+    """``"attention,model"`` -> ``["attention", "model"]``; an unknown name raises ``ValueError``."""
+    if text is None:
+        return list(BENCHMARKS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--only needs at least one name; valid names: {', '.join(BENCHMARKS)}")
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ValueError(
+            f"unknown benchmark {', '.join(repr(n) for n in unknown)}; valid names: {', '.join(BENCHMARKS)}"
+        )
+    return names
+
+
+def _load_previous(out: Path, machine: dict) -> dict:
+    """Earlier results in ``out`` from the same machine (so ``--only`` updates one entry)."""
+    try:
+        old = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    same = all(old.get("machine", {}).get(k) == machine[k] for k in ("cpu", "cores", "torch"))
+    return old.get("benchmarks", {}) if same and isinstance(old.get("benchmarks"), dict) else {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tformer bench",
+        description="Run tformer's benchmarks and write their results as JSON.",
+    )
+    p.add_argument("--only", metavar="NAME[,NAME]", help=f"run only these ({', '.join(BENCHMARKS)})")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds in all (a smoke test)")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="JSON file to write (default book/_static/bench/results.json; "
+        "with --quick _build/bench/results-quick.json)",
+    )
+    p.add_argument("--list", action="store_true", help="print the benchmark names and exit")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns 0 if every benchmark ran, 1 if one failed, 2 on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.list:
+        print("\n".join(BENCHMARKS))
+        return 0
+    try:
+        names = parse_only(args.only)
+    except ValueError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else default_out(args.quick)
+    machine = machine_info()
+    print(f"tformer bench on {describe_machine(machine)}{' (quick)' if args.quick else ''}", flush=True)
+    results = _load_previous(out, machine) if args.only else {}
+    failed = []
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name} ...", flush=True)
+        res = run_one(name, quick=args.quick)
+        res["quick"] = args.quick
+        res["date"] = machine["date"]
+        results[name] = res
+        if res["status"] == "ok":
+            print(f"    ok in {res['seconds']:.1f} s: {res['summary']}", flush=True)
+        else:
+            failed.append(name)
+            print(f"    FAILED after {res['seconds']:.1f} s: {res['error']}", flush=True)
+    ordered = {n: results[n] for n in BENCHMARKS if n in results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": machine, "benchmarks": ordered}
+    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    if failed:
+        print(f"{len(failed)} of {len(names)} failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

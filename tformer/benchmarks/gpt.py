@@ -1,0 +1,180 @@
+"""tformer's GPT against nanoGPT's published CPU "baby" run on Tiny Shakespeare, character level.
+
+Same data and settings as nanoGPT's ``config/train_shakespeare_char.py`` with its CPU overrides:
+first 90% of the characters for training, last 10% for validation; 4 layers, 4 heads,
+d_model = 128, block 64, batch 12, 2000 iterations, AdamW (lr 1e-3, β = (0.9, 0.99), weight
+decay 0.1 on matrices only), 100 warmup steps then cosine decay to 1e-4, gradient clipping at
+1.0, no dropout, no biases.
+
+Validation loss is measured on the *whole* validation split: it is cut into consecutive,
+non-overlapping windows of 64 characters (the last one shorter), so every character but the first
+is predicted exactly once from the characters before it in its window. nanoGPT averages 20
+random windows per batch of 12 instead; both estimate the same quantity (mean next-character
+loss over contexts of 1..64 characters), ours with far less noise.
+
+The reference figures were measured with nanoGPT's own code on the same machine class (2 CPU
+cores); they are quoted, not measured in this run. Run ``python -m tformer.benchmarks.gpt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from tformer.gpt import GPT, GPTConfig, CharTokenizer, load_text
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
+
+# nanoGPT (karpathy/nanoGPT), baby shakespeare_char run on CPU, measured on this machine class.
+REFERENCE = {"val_loss": 1.8857, "ms_per_iter": 33.0, "wall_s": 72.0, "peak_mib": 365.0}
+
+SETTINGS = dict(
+    block_size=64, batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+    weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0,
+)
+
+
+def lr_at(it: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """Linear warmup over ``warmup`` steps, then half a cosine from ``lr`` down to ``min_lr``."""
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    progress = min(1.0, (it - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+@torch.inference_mode()
+def evaluate(model: GPT, ids: torch.Tensor, block_size: int, batch_size: int = 512) -> float:
+    """Mean next-token loss over ``ids`` cut into consecutive non-overlapping windows."""
+    was_training = model.training
+    model.eval()
+    n = (len(ids) - 1) // block_size
+    x = ids[: n * block_size].view(n, block_size)
+    y = ids[1 : n * block_size + 1].view(n, block_size)
+    total, count = 0.0, 0
+    for i in range(0, n, batch_size):
+        _, loss = model(x[i : i + batch_size], y[i : i + batch_size])
+        total += loss.item() * y[i : i + batch_size].numel()
+        count += y[i : i + batch_size].numel()
+    rest = len(ids) - 1 - n * block_size
+    if rest:  # the short last window
+        _, loss = model(ids[None, n * block_size : -1], ids[None, n * block_size + 1 :])
+        total, count = total + loss.item() * rest, count + rest
+    model.train(was_training)
+    return total / count
+
+
+def run(quick: bool = False, data: str | Path | None = None, seed: int = 1337) -> dict:
+    """Train the baby GPT (2000 iterations; ~20 with ``quick``) and evaluate it.
+
+    Returns the benchmark dict; with the data file missing, a dict whose ``skipped`` says why.
+    """
+    path = Path(data) if data is not None else DATA
+    title = "GPT vs nanoGPT (Tiny Shakespeare, char level, CPU baby run)"
+    if not path.is_file():
+        return {
+            "title": title, "skipped": f"data file not found: {path}",
+            "summary": f"skipped: {path} not found (pass --data)", "hardware_note": "",
+            "metrics": {}, "table": [],
+        }
+    s = dict(SETTINGS)
+    iters = 20 if quick else s["max_iters"]
+    torch.manual_seed(seed)
+    text = load_text(path)
+    tok = CharTokenizer.from_text(text)
+    ids = tok.encode(text)
+    split = int(0.9 * len(ids))
+    train_ids, val_ids = ids[:split], ids[split:]
+    if quick:
+        val_ids = val_ids[:20_000]
+    block, batch = s["block_size"], s["batch_size"]
+    windows = train_ids.unfold(0, block + 1, 1)  # (N - block, block + 1), a view
+    config = GPTConfig(
+        vocab_size=tok.vocab_size, block_size=block, num_layers=4, num_heads=4, d_model=128,
+        dropout=0.0, bias=False,
+    )
+    model = GPT(config)
+    opt = model.configure_optimizer(s["lr"], s["weight_decay"], s["betas"])
+    gen = torch.Generator().manual_seed(seed)
+    params = list(model.parameters())
+    losses = torch.empty(iters)
+    model.train()
+    t0 = time.perf_counter()
+    for it in range(iters):
+        lr = lr_at(it, s["lr"], s["min_lr"], s["warmup_iters"], s["max_iters"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        xy = windows[torch.randint(len(windows), (batch,), generator=gen)]  # (B, block + 1)
+        _, loss = model(xy[:, :-1], xy[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, s["grad_clip"])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses[it] = loss.detach()
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    val_loss = evaluate(model, val_ids, block)
+    eval_s = time.perf_counter() - t1
+    ms_per_iter = 1000 * train_s / iters
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    tail = losses[-min(100, iters):].mean().item()
+    ours = {"val_loss": val_loss, "ms_per_iter": ms_per_iter, "wall_s": train_s + eval_s,
+            "peak_mib": peak_mib}
+    table = [
+        {"run": "tformer GPT (this run)", "iterations": iters, "val loss": round(val_loss, 4),
+         "ms/iter": round(ms_per_iter, 1), "wall s": round(train_s + eval_s, 1),
+         "peak MiB (process RSS)": round(peak_mib)},
+        {"run": "nanoGPT (published figure, same machine class, not measured here)",
+         "iterations": 2000, "val loss": REFERENCE["val_loss"], "ms/iter": REFERENCE["ms_per_iter"],
+         "wall s": REFERENCE["wall_s"], "peak MiB (process RSS)": REFERENCE["peak_mib"]},
+    ]
+    return {
+        "title": title,
+        "summary": (
+            f"val loss {val_loss:.4f} vs nanoGPT's published {REFERENCE['val_loss']} after {iters} "
+            f"iterations; {ms_per_iter:.1f} ms/iter vs {REFERENCE['ms_per_iter']:.0f} "
+            f"(speed ratio {REFERENCE['ms_per_iter'] / ms_per_iter:.2f}x)"
+        ),
+        "hardware_note": (
+            f"absolute times on this machine: {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; the nanoGPT "
+            "figures are its published run on a 2-core CPU of the same class"
+        ),
+        "metrics": {
+            "val_loss": val_loss, "ms_per_iter": ms_per_iter, "peak_mib": peak_mib,
+            "wall_s": train_s + eval_s, "eval_s": eval_s, "train_loss_last100": tail,
+            "iterations": iters, "reference_val_loss": REFERENCE["val_loss"],
+            "reference_ms_per_iter": REFERENCE["ms_per_iter"],
+            "speed_ratio_vs_reference": REFERENCE["ms_per_iter"] / ms_per_iter,
+        },
+        "table": table,
+        "settings": {**s, "max_iters": iters, "eval": "whole validation split, non-overlapping windows"},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about 20 iterations")
+    parser.add_argument("--data", default=None, help=f"text file (default {DATA})")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick, data=args.data, seed=args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(result["title"])
+    print(result["summary"])
+    for row in result["table"]:
+        print("  " + " | ".join(f"{k}: {v}" for k, v in row.items()))
+    print(result["hardware_note"])
+
+
+if __name__ == "__main__":
+    main()
