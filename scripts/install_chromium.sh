@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Install Debian's headless-capable Chromium for tests/test_browser.py, where it is missing.
-# Safe to run repeatedly; does nothing when a chromium binary is already on PATH.
-# Without root or apt-get it prints why and exits 0, so the browser test skips instead of failing.
+# Install Debian's Chromium (and fonts with Chinese glyphs, for the screenshots) for
+# tests/test_browser.py, where they are missing. Safe to run repeatedly.
+# Without root or apt-get it says why and exits 0, so the browser test skips instead of failing.
 set -u
-for b in chromium chromium-browser; do
-    if command -v "$b" >/dev/null 2>&1; then
-        echo "install_chromium: $b already installed ($(command -v "$b"))"
-        exit 0
-    fi
-done
+PACKAGES="chromium fonts-dejavu-core fonts-wqy-zenhei"
+missing=""
+if command -v dpkg-query >/dev/null 2>&1; then
+    for p in $PACKAGES; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+    done
+elif ! command -v chromium >/dev/null 2>&1; then
+    missing="$PACKAGES"
+fi
+if [ -z "$missing" ]; then
+    echo "install_chromium: already installed ($(command -v chromium))"
+    exit 0
+fi
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install_chromium: no apt-get here; install Chromium yourself to run tests/test_browser.py"
     exit 0
@@ -23,9 +30,11 @@ if [ "$(id -u)" != "0" ]; then
     fi
 fi
 export DEBIAN_FRONTEND=noninteractive
-if $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; then
+echo "install_chromium: apt-get install$missing"
+# shellcheck disable=SC2086
+if $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null; then
     echo "install_chromium: installed $(command -v chromium)"
 else
-    echo "install_chromium: apt-get could not install chromium; the browser test will skip"
+    echo "install_chromium: apt-get could not install$missing; the browser test may skip"
 fi
 exit 0

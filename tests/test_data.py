@@ -205,6 +205,11 @@ def test_test_combinations_never_occur_in_training():
 
     assert not vo_pairs("train") & corpus.HELD_OUT_PAIRS
     assert len(vo_pairs("test") & corpus.HELD_OUT_PAIRS) == len(corpus.HELD_OUT_PAIRS)
+    assert sum(map(corpus.uses_held_out_pair, (p.src for p in load_builtin("test")))) == 200
+    assert corpus.builtin_clause(load_builtin("test")[0].src).kind in ("act", "go", "have",
+                                                                       "describe", "feel")
+    with pytest.raises(ValueError, match="not a sentence of the built-in corpus"):
+        corpus.builtin_clause("我是猫。")
 
 
 def test_every_test_token_is_in_the_training_vocabulary(builtin_data):

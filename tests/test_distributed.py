@@ -238,3 +238,33 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert [a + b for a, b in zip(*two["tokens"])] == one["tokens"][0]
     torch.testing.assert_close(torch.tensor(two["loss"]), torch.tensor(one["loss"]), rtol=1e-5, atol=0)
     assert one["loss"][-1] < one["loss"][0]  # and it does learn
+
+
+# --- exercise checkers ----------------------------------------------------------------------------
+
+
+def _run_checker(name, fn, capsys):
+    from tformer.exercises import check
+
+    ok = check(name, fn)
+    return ok, capsys.readouterr().out
+
+
+def test_shard_checker_accepts_a_strided_solution_and_rejects_uneven_or_contiguous_shards(capsys):
+    ok, out = _run_checker("distributed.shard", lambda items, r, w: list(items[r : len(items) - len(items) % w : w]), capsys)
+    assert ok and "all 5 cases pass" in out
+    ok, out = _run_checker("distributed.shard", lambda items, r, w: list(items[r::w]), capsys)  # keeps the tail
+    assert not ok and "sizes [4, 4, 3]" in out and "same number of items" in out
+    ok, out = _run_checker(
+        "distributed.shard", lambda items, r, w: list(items[r * (len(items) // w) : (r + 1) * (len(items) // w)]), capsys
+    )
+    assert not ok and "every world_size-th item" in out
+
+
+def test_rank_losses_checker_accepts_global_normalisation_and_names_the_mean_of_means(capsys):
+    ok, out = _run_checker("distributed.rank_losses", lambda s, n: len(n) * s / n.sum(), capsys)
+    assert ok and "all 4 cases pass" in out
+    ok, out = _run_checker("distributed.rank_losses", lambda s, n: s / n, capsys)
+    assert not ok and "mean of the per-process means" in out
+    ok, out = _run_checker("distributed.rank_losses", lambda s, n: s / n.sum(), capsys)  # forgot × W
+    assert not ok and "must be Σ S_r / Σ n_r" in out

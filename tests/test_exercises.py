@@ -199,3 +199,23 @@ def test_available_lists_the_part_one_checkers():
         "attention.causal_mask",
         "positional.sinusoidal",
     } <= names
+
+
+def test_chapter_one_checkers_accept_the_formulas_and_reject_common_slips():
+    assert run("why.cnn_layers_needed", lambda n, k: math.ceil(n / (k - 1))) == 8
+    with pytest.raises(CheckFailed) as info:
+        run("why.cnn_layers_needed", lambda n, k: n)  # one output position at token 0
+    assert "both sides" in info.value.hint
+
+    def padding_fraction(lengths, batch_size):
+        batches = [lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
+        return 1 - sum(lengths) / sum(max(b) * len(b) for b in batches)
+
+    assert run("why.padding_fraction", padding_fraction) == 5
+
+    def pads_to_global_max(lengths, batch_size):
+        return 1 - sum(lengths) / (max(lengths) * len(lengths))
+
+    with pytest.raises(CheckFailed) as info:
+        run("why.padding_fraction", pads_to_global_max)
+    assert "its own longest" in info.value.hint

@@ -297,9 +297,26 @@ def test_encode_sentences_rejects_a_bare_string(minilm):
         pretrained.encode_sentences(*minilm, [])
 
 
-def test_top_k_larger_than_corpus():
+def test_top_k_larger_than_corpus_or_mismatched_widths():
     with pytest.raises(ValueError, match="k=4 is larger than the corpus"):
         pretrained.cosine_top_k(torch.randn(1, 3), torch.randn(3, 3), k=4)
+    with pytest.raises(ValueError, match=r"same d, got \(1, 3\) and \(3, 4\)"):
+        pretrained.cosine_top_k(torch.randn(1, 3), torch.randn(3, 4), k=1)
+
+
+def test_mean_pool_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"same B and T, got \(2, 5, 4\) and \(2, 4\)"):
+        pretrained.mean_pool(torch.randn(2, 5, 4), torch.ones(2, 4))
+
+
+def test_tokenizer_larger_than_the_vocab_is_refused(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=16)
+    transformers.BertModel(config).save_pretrained(tmp_path)
+    shutil.copy(pretrained.default_model_dir() / "tokenizer.json", tmp_path / "tokenizer.json")
+    with pytest.raises(ValueError, match="knows 30522 tokens, more than vocab_size=100"):
+        pretrained.load_minilm(tmp_path)
 
 
 # --- exercise checkers -------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_run(tmp_pa
     torch.manual_seed(123)
     full = fit(model, batches, batches(99), epochs=3, loss_fn=loss_fn, optimizer=opt, scheduler=sched,
                progress=False, log=None)
-    want = _params(model)
+    want, want_lr = _params(model), opt.param_groups[0]["lr"]
 
     # interrupted in the middle of epoch 2, saved, then resumed in a fresh model/optimizer
     model, opt, sched, batches, sv, tv = _tiny(seed=1)
@@ -175,7 +175,7 @@ def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_run(tmp_pa
     assert resumed.history["step_loss"] == full.history["step_loss"]
     assert resumed.history["train_loss"] == full.history["train_loss"]
     assert resumed.history["valid_loss"] == full.history["valid_loss"]
-    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert opt2.param_groups[0]["lr"] == want_lr
 
 
 def test_train_epoch_works_inside_distributed_data_parallel(tmp_path):
@@ -193,7 +193,6 @@ def test_train_epoch_works_inside_distributed_data_parallel(tmp_path):
         plain = _params(model)
         model, _, _, batches, *_ = _tiny(seed=3)
         ddp = DistributedDataParallel(model)
-        opt, sched = make_optimizer(ddp), noam_scheduler(make_optimizer(ddp), 16, 4)
         opt = make_optimizer(ddp)
         sched = noam_scheduler(opt, 16, warmup=4)
         torch.manual_seed(5)
@@ -285,3 +284,59 @@ def test_a_failed_save_leaves_the_previous_file_and_no_temporary_file(tmp_path, 
         save_checkpoint(tmp_path, model)
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- exercise checkers
+
+
+def test_training_checkers_accept_the_reference_solutions():
+    from tformer.decode import greedy_decode
+    from tformer.exercises import check
+
+    def ls(logits, target, eps, pad):
+        return F.cross_entropy(logits, target, ignore_index=pad, label_smoothing=eps)
+
+    assert check("train.label_smoothing", ls, quiet=True)
+    assert check("train.noam_lr", lambda s, d, w: d**-0.5 * min(s**-0.5, s * w**-1.5), quiet=True)
+    assert check("train.shift_right",
+                 lambda t, bos: torch.cat([torch.full_like(t[:, :1], bos), t[:, :-1]], 1), quiet=True)
+    assert check("decode.greedy",
+                 lambda m, src, n, bos, eos: greedy_decode(m, src, max_len=n, bos_id=bos, eos_id=eos),
+                 quiet=True)
+
+
+def _verdict(name, fn, capsys):
+    from tformer.exercises import check
+
+    assert not check(name, fn)
+    return capsys.readouterr().out
+
+
+def test_training_checkers_name_the_typical_mistakes(capsys):
+    def no_pad(logits, target, eps, pad):
+        return F.cross_entropy(logits, target, label_smoothing=eps)
+
+    assert "pad_id must be left out" in _verdict("train.label_smoothing", no_pad, capsys)
+
+    def other_classes(logits, target, eps, pad):
+        logp = F.log_softmax(logits, -1)
+        nll = -logp.gather(-1, target[:, None]).squeeze(-1)
+        loss = (1 - eps) * nll + eps * (-logp.sum(-1) - nll) / (logits.shape[-1] - 1)
+        return loss[target != pad].mean()
+
+    assert "all V classes" in _verdict("train.label_smoothing", other_classes, capsys)
+    assert "d_model^-0.5" in _verdict("train.noam_lr", lambda s, d, w: min(s**-0.5, s * w**-1.5), capsys)
+    assert "min of" in _verdict("train.noam_lr", lambda s, d, w: d**-0.5 * max(s**-0.5, s * w**-1.5), capsys)
+    out = _verdict("train.shift_right", lambda t, bos: torch.cat([torch.full_like(t[:, :1], bos), t], 1), capsys)
+    assert "drop the last token" in out
+    out = _verdict("train.shift_right", lambda t, bos: torch.cat([t[:, 1:], torch.full_like(t[:, :1], bos)], 1),
+                   capsys)
+    assert "shift to the right" in out
+
+    def keeps_bos(model, src, n, bos, eos):
+        from tformer.decode import greedy_decode
+
+        out = greedy_decode(model, src, max_len=n, bos_id=bos, eos_id=eos)
+        return torch.cat([torch.full_like(out[:, :1], bos), out], 1)
+
+    assert "do not return it" in _verdict("decode.greedy", keeps_bos, capsys)

@@ -704,6 +704,26 @@ def _splits() -> dict[str, tuple[Pair, ...]]:
     return out
 
 
+@lru_cache(maxsize=1)
+def _clause_index() -> dict[str, Clause]:
+    return {pair.src: c for c, pair in _pool()}
+
+
+def builtin_clause(src: str) -> Clause:
+    """The grammar behind one built-in Chinese sentence (its kind, tense, verb, object...),
+    for error analysis: e.g. ``builtin_clause(s).tense`` or whether (verb, noun) is held out."""
+    try:
+        return _clause_index()[src]
+    except KeyError:
+        raise ValueError(f"src={src!r} is not a sentence of the built-in corpus") from None
+
+
+def uses_held_out_pair(src: str) -> bool:
+    """True if this built-in sentence pairs a verb and an object noun that training never pairs."""
+    c = builtin_clause(src)
+    return c.verb is not None and c.obj is not None and (c.verb.zh, c.obj.noun.zh) in HELD_OUT_PAIRS
+
+
 def builtin_splits() -> dict[str, list[Pair]]:
     """The fixed train/valid/test splits of the built-in corpus (computed once, then cached)."""
     return {k: list(v) for k, v in _splits().items()}

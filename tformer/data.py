@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import tempfile
+import urllib.parse
 import urllib.request
 import warnings
 import zipfile
@@ -509,7 +510,7 @@ def download_tatoeba(dest_dir: str | Path, url: str = TATOEBA_URL, overwrite: bo
     """
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    name = Path(urllib.request.url2pathname(url.rsplit("/", 1)[-1])).name or "pairs.tsv"
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "pairs.tsv"
     target = dest / name
     if overwrite or not target.exists():
         req = urllib.request.Request(url, headers={"User-Agent": "tformer (course data helper)"})

@@ -114,8 +114,6 @@ def beam_search(
     _checks.positive_int("beam_size", beam_size)
     src_mask, max_len = _prepare(model, src, src_mask, max_len)
     V, pad_id = model.config.tgt_vocab_size, model.config.pad_id
-    if beam_size > V:
-        raise ValueError(f"beam_size={beam_size} cannot exceed the target vocabulary size {V}")
     was_training = model.training
     model.eval()
     B, k, dev = src.shape[0], beam_size, src.device

@@ -100,8 +100,10 @@ def autocast_context(
 ) -> contextlib.AbstractContextManager:
     """Run matrix products in lower precision inside ``with autocast_context(device): ...``.
 
-    ``torch.autocast`` picks per operation: matmuls and linear layers run in ``dtype``,
-    reductions such as softmax and layer norm stay in float32. Weights stay float32.
+    ``torch.autocast`` decides per operation: matrix products (linear layers, ``matmul``) run
+    in ``dtype``; operations that need range, such as ``cross_entropy``, run in float32; the
+    rest follow their inputs. The lists differ between CPU and CUDA (on CUDA softmax and layer
+    norm are computed in float32, on the CPU they follow their input). Weights stay float32.
 
     Args:
         device: where the model runs (its type selects the autocast backend).
@@ -193,6 +195,11 @@ def init_distributed(backend: str | None = None) -> DistInfo:
         raise RuntimeError("backend='gloo' is not built into this PyTorch")
     if backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
         raise RuntimeError("backend='nccl' needs CUDA GPUs and a PyTorch built with NCCL; use 'gloo' on CPU")
+    if backend == "nccl" and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "start at most one process per GPU (torchrun --nproc_per_node=<number of GPUs>)"
+        )
     if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -60,7 +61,9 @@ class Settings:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def load_data(source: str, *, seed: int = 0, errors: str = "raise") -> dict[str, list[data.Pair]]:
+def load_data(
+    source: str, *, seed: int = 0, errors: str = "raise", log=print
+) -> dict[str, list[data.Pair]]:
     """``"builtin"`` → the built-in splits; a path → a Tatoeba-style TSV split 90/5/5 with ``seed``.
 
     The file split is deterministic, so ``evaluate`` finds the same held-out test sentences that
@@ -71,7 +74,12 @@ def load_data(source: str, *, seed: int = 0, errors: str = "raise") -> dict[str,
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"--data {source!r}: no such file (use 'builtin' for the built-in corpus)")
-    pairs = data.read_tsv_pairs(path, errors=errors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the count of skipped lines is printed below instead
+        pairs = data.read_tsv_pairs(path, errors=errors)
+    skipped = getattr(pairs, "skipped", 0)
+    if skipped and log is not None:
+        log(f"skipped {skipped} malformed line(s) of {path}")
     if len(pairs) < 10:
         raise ValueError(f"{path} holds only {len(pairs)} usable sentence pairs; training needs at least 10")
     order = list(range(len(pairs)))

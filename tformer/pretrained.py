@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import nn
 
 from tformer import _checks
@@ -230,6 +231,13 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     Padded positions carry vectors too, so they are multiplied by 0 and the sum is divided by the
     number of real tokens, not by T.
     """
+    _checks.tensor("hidden", hidden, ndim_min=3, floating=True)
+    _checks.tensor("attention_mask", attention_mask, ndim_min=2)
+    if hidden.dim() != 3 or tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(
+            f"hidden must be (B, T, d) and attention_mask (B, T) with the same B and T, got "
+            f"{tuple(hidden.shape)} and {tuple(attention_mask.shape)}"
+        )
     m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
@@ -314,9 +322,7 @@ def load_bert_weights(model: BertEncoder, path: str | Path) -> BertEncoder:
     return model
 
 
-def _tokenizer(folder: Path, config: BertConfig):
-    from tokenizers import Tokenizer
-
+def _tokenizer(folder: Path, config: BertConfig) -> Tokenizer:
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     # sentence-transformers truncates at max_seq_length (256 for this model), not the file's 128.
     max_len = config.max_len
@@ -334,7 +340,7 @@ def _tokenizer(folder: Path, config: BertConfig):
     return tokenizer
 
 
-def load_minilm(path: str | Path | None = None):
+def load_minilm(path: str | Path | None = None) -> tuple[BertEncoder, Tokenizer]:
     """Load all-MiniLM-L6-v2 (or any BERT-style folder) into tformer modules, offline.
 
     Args:
@@ -345,7 +351,8 @@ def load_minilm(path: str | Path | None = None):
         ``(model, tokenizer)``: a :class:`BertEncoder` in eval mode, whose call
         ``model(input_ids, attention_mask=None, token_type_ids=None)`` gives (B, T, d_model), and a
         ``tokenizers.Tokenizer`` (WordPiece, lower-casing, adds [CLS] … [SEP], pads each batch to
-        its longest sentence).
+        its longest sentence, truncates at ``max_seq_length`` of ``sentence_bert_config.json``
+        when the folder has one — 256 here, as sentence-transformers does — else at ``max_len``).
     """
     folder = default_model_dir() if path is None else Path(path)
     if not folder.is_dir():
@@ -358,7 +365,7 @@ def load_minilm(path: str | Path | None = None):
     return model.eval(), _tokenizer(folder, config)
 
 
-def batch_encode(tokenizer, sentences: Sequence[str], pad_id: int = 0) -> dict[str, torch.Tensor]:
+def batch_encode(tokenizer: Tokenizer, sentences: Sequence[str], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Tokenize ``sentences`` into padded ``input_ids``, ``attention_mask``, ``token_type_ids`` (B, T)."""
     if isinstance(sentences, str):
         raise TypeError(f"sentences must be a list of strings, got one string {sentences!r}; wrap it: [{sentences!r}]")
@@ -382,7 +389,7 @@ def batch_encode(tokenizer, sentences: Sequence[str], pad_id: int = 0) -> dict[s
 @torch.no_grad()
 def encode_sentences(
     model: BertEncoder,
-    tokenizer,
+    tokenizer: Tokenizer,
     sentences: Sequence[str],
     normalize: bool = True,
     batch_size: int = 64,
@@ -416,6 +423,13 @@ def cosine_top_k(query: torch.Tensor, corpus: torch.Tensor, k: int = 3) -> tuple
     Returns ``(scores, indices)``, both (Q, k), best first.
     """
     _checks.positive_int("k", k)
+    _checks.tensor("query", query, ndim_min=2, floating=True)
+    _checks.tensor("corpus", corpus, ndim_min=2, floating=True)
+    if query.dim() != 2 or corpus.dim() != 2 or query.shape[1] != corpus.shape[1]:
+        raise ValueError(
+            f"query must be (Q, d) and corpus (N, d) with the same d, got {tuple(query.shape)} "
+            f"and {tuple(corpus.shape)}"
+        )
     if k > corpus.shape[0]:
         raise ValueError(f"k={k} is larger than the corpus ({corpus.shape[0]} rows)")
     sims = F.normalize(query, dim=-1) @ F.normalize(corpus, dim=-1).T  # (Q, N)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -20,6 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tformer import _checks
+
+with warnings.catch_warnings():
+    # Without ipywidgets tqdm.auto falls back to a text bar, which is what a static book shows anyway.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from tqdm.auto import tqdm
 
 # --------------------------------------------------------------------------- loss
 
@@ -152,7 +158,9 @@ class TrainState:
     elapsed: float = 0.0  # seconds of training so far, over all sessions
     finished: bool = False
     history: dict[str, list[float]] = field(
-        default_factory=lambda: {"train_loss": [], "valid_loss": [], "step_loss": [], "lr": []}
+        default_factory=lambda: {
+            "train_loss": [], "valid_loss": [], "step_loss": [], "lr": [], "tokens_per_s": []
+        }
     )
 
     def to_dict(self) -> dict:
@@ -218,8 +226,6 @@ def train_epoch(
         deadline: ``time.perf_counter()`` value after which the epoch stops early.
         max_steps: stop once ``state.step`` reaches this global step count.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     state = state if state is not None else TrainState()
     model.train()
@@ -227,7 +233,7 @@ def train_epoch(
     todo = batches[start_batch:]
     t0 = time.perf_counter()
     loss_sum, tokens, steps, stopped = 0.0, 0, 0, False
-    bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not progress, mininterval=1.0)
     for batch in todo:
         if _any_rank(
             (deadline is not None and time.perf_counter() > deadline)
@@ -366,6 +372,8 @@ def fit(
             desc=f"epoch {state.epoch + 1}/{epochs}",
         )  # fmt: skip
         state.elapsed += time.perf_counter() - t0
+        if result.steps:
+            state.history.setdefault("tokens_per_s", []).append(result.tokens_per_s)
         if result.stopped:
             say(f"stopped at step {state.step} (epoch {state.epoch + 1}, batch {state.batch_in_epoch})")
             if is_main and on_checkpoint is not None:

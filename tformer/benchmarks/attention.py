@@ -75,7 +75,7 @@ def measure(B: int, T: int, d_model: int, h: int, causal: bool, repeats: int) ->
 
 def run(quick: bool = False) -> dict:
     sizes = QUICK_SIZES if quick else FULL_SIZES
-    rows = [measure(*s, repeats=3 if quick else 15) for s in sizes]
+    rows = [measure(*s, repeats=2 if quick else 15) for s in sizes]
     ratios = [r["ratio"] for r in rows]
     worst = max(ratios)
     return {

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from tformer.gpt import GPT, GPTConfig, CharTokenizer, load_text
+from tformer.gpt import GPT, CharTokenizer, GPTConfig, load_text
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -124,8 +124,6 @@ def run(quick: bool = False, data: str | Path | None = None, seed: int = 1337) -
     ms_per_iter = 1000 * train_s / iters
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     tail = losses[-min(100, iters):].mean().item()
-    ours = {"val_loss": val_loss, "ms_per_iter": ms_per_iter, "wall_s": train_s + eval_s,
-            "peak_mib": peak_mib}
     table = [
         {"run": "tformer GPT (this run)", "iterations": iters, "val loss": round(val_loss, 4),
          "ms/iter": round(ms_per_iter, 1), "wall s": round(train_s + eval_s, 1),
