@@ -154,3 +154,27 @@ def test_performance_page_without_results_says_how_to_measure(tmp_path):
     page = tmp_path / "performance.md"
     assert _load_renderer().main(["--results", str(tmp_path / "none.json"), "--page", str(page)]) == 0
     assert "make bench" in page.read_text()
+
+
+def test_a_benchmark_that_changes_threads_does_not_change_the_next(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+
+    def greedy(quick: bool = False) -> dict:
+        torch.set_num_threads(1)
+        return {"title": "t", "summary": "s", "metrics": {}, "table": []}
+
+    monkeypatch.setitem(sys.modules, "fakebench_threads", _fake_module("fakebench_threads", greedy))
+    monkeypatch.setattr(bench, "BENCHMARKS", {"threads": "fakebench_threads"})
+    assert bench.run_one("threads")["status"] == "ok"
+    assert torch.get_num_threads() == before
+
+
+def test_a_missing_dependency_of_a_benchmark_is_named(monkeypatch):
+    module = types.ModuleType("fakebench_dep")
+    module.__dict__["run"] = lambda quick=False: __import__("no_such_dependency_xyz")
+    monkeypatch.setitem(sys.modules, "fakebench_dep", module)
+    monkeypatch.setattr(bench, "BENCHMARKS", {"dep": "fakebench_dep"})
+    res = bench.run_one("dep")
+    assert res["status"] == "failed" and "no_such_dependency_xyz" in res["error"]

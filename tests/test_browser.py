@@ -43,7 +43,7 @@ FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-dev-shm-usage", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
 ]
-PROGRESS = re.compile(r"^\s*(\d+%\|.*|.*\d+(\.\d+)?(it/s|s/it).*|)$")  # tqdm bars (text fallback)
+PROGRESS = re.compile(r"\d+%\||it/s\]|s/it\]|^\s*$")  # a tqdm bar's line (or blank) on stderr
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -167,6 +167,16 @@ def page_problems(doc: str, dom, server: str) -> list[str]:
     if article is None or dom.select_one("h1") is None:
         return [f"{doc}: no article/h1 in the page: did it load? title={dom.title!r}"]
     page_url = urljoin(server, f"{doc}.html")
+    # the theme: its navigation is there and every local stylesheet and script it loads exists
+    if dom.select_one(".bd-sidebar-primary") is None:
+        problems.append(f"{doc}: no sidebar: the sphinx-book-theme layout is missing")
+    for tag, attr in (("link[rel=stylesheet]", "href"), ("script[src]", "src")):
+        for el in dom.select(tag):
+            ref = el.get(attr, "")
+            if ref and not ref.startswith(("http:", "https:", "//", "data:")):
+                path = _local_file(page_url, ref)
+                if not path.is_file() or path.stat().st_size == 0:
+                    problems.append(f"{doc}: {ref} is missing from the build")
     # figures: every image shown is a real, non-empty file; a notebook shows all its PNG outputs
     for img in article.select("img"):
         src = img.get("src", "")
@@ -203,7 +213,7 @@ def page_problems(doc: str, dom, server: str) -> list[str]:
     for block in article.select(".output.stderr"):
         pre = block.select_one("pre")  # the text only, not the copy button's tooltip
         lines = (pre or block).get_text().splitlines()
-        noisy = [line for line in lines if not PROGRESS.match(line)]
+        noisy = [line for line in lines if not PROGRESS.search(line)]
         if noisy:
             problems.append(f"{doc}: stderr output shown (a warning?): {noisy[0][:200]!r}")
     # exercises: every solution is collapsed until the reader asks for it

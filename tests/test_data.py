@@ -163,6 +163,7 @@ def test_corpus_wide_grammar_checks():
         assert p.tgt[0].isupper() and p.tgt[-1] in ".?", p
         assert (p.src[-1] == "？") == (p.tgt[-1] == "?") == p.src.endswith("吗？"), p
         assert not re.search(r"\b(a [aeiou]|an [^aeiou\s])", p.tgt), p
+        assert detokenize_en(tokenize_en(p.tgt)) == p.tgt, p  # BLEU sees the real sentence
     text = "\n".join(p.tgt for p in pairs)
     bases = "|".join(v.base for v in VERBS if v.base != v.past)  # "He read" is a correct past
     s3 = "|".join(v.s3 for v in VERBS)
@@ -336,7 +337,8 @@ def test_max_tokens_batches_and_seeded_order():
     assert [b.index.tolist() for b in again] == [b.index.tolist() for b in batches]
     assert [b.index.tolist() for b in other] != [b.index.tolist() for b in batches]
     short = data.batches("train", batch_size=64, max_len=10)
-    assert all(b.src.shape[1] <= 10 and b.tgt_in.shape[1] <= 9 for b in short)
+    assert all(b.src.shape[1] <= 10 and b.tgt_in.shape[1] <= 10 for b in short)
+    assert max(b.tgt_in.shape[1] for b in short) == 10  # the limit is inclusive
     with pytest.raises(ValueError, match="batch_size=0"):
         data.batches("train", batch_size=0)
     assert batches[0].to("cpu").src.device.type == "cpu"
@@ -386,3 +388,17 @@ def test_download_tatoeba_from_a_local_zip_and_tsv(tmp_path):
     (src / "plain.tsv").write_text("Go.\t走。\tX\n", encoding="utf-8")
     plain = download_tatoeba(tmp_path / "dest", url=(src / "plain.tsv").as_uri())
     assert read_tsv_pairs(plain)[0].src == "走。"
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="n=-1"):
+        generate_pairs(-1)
+    v = Vocab.build([["a"]])
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        make_batches([Pair("a", "a")], v, v, max_tokens=0)
+    with pytest.raises(ValueError, match="id 99 is outside the vocabulary"):
+        v.decode([99])
+    with pytest.raises(ValueError, match="src_col and tgt_col are both 1"):
+        read_tsv_pairs("unused.tsv", src_col=1, tgt_col=1)
+    with pytest.raises(ValueError, match="split='dev'"):
+        TranslationData([Pair("a", "a")]).batches("dev")

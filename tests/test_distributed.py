@@ -268,3 +268,19 @@ def test_rank_losses_checker_accepts_global_normalisation_and_names_the_mean_of_
     assert not ok and "mean of the per-process means" in out
     ok, out = _run_checker("distributed.rank_losses", lambda s, n: s / n.sum(), capsys)  # forgot × W
     assert not ok and "must be Σ S_r / Σ n_r" in out
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"dtype": "half"}, "dtype='half'"), ({"steps": 0}, "steps=0")])
+def test_ddp_run_config_rejects_bad_values(kwargs, match):
+    from tformer.ddp_train import RunConfig
+
+    with pytest.raises(ValueError, match=match):
+        RunConfig(**kwargs)
+
+
+def test_ddp_train_rejects_a_global_batch_that_does_not_split_evenly():
+    from tformer.ddp_train import RunConfig, _build, train_curve
+
+    with pytest.raises(ValueError, match="global_batch=15 must be divisible by the number of processes"):
+        _build(RunConfig(steps=1, global_batch=15), rank=0, world_size=2)
+    assert len(train_curve(RunConfig(steps=2, global_batch=4))["loss"]) == 2

@@ -8,15 +8,21 @@ import torch
 import torch.nn.functional as F
 
 from tformer.benchmarks import gpt as gpt_bench
+from tformer.benchmarks import kv_cache as kv_bench
+from tformer.exercises import CheckFailed, check
+from tformer.exercises.gpt import CHECKS
 from tformer.gpt import (
     GPT,
     CharTokenizer,
     GPTConfig,
     course_text,
+    evaluate_loss,
     load_text,
+    random_windows,
     sample,
     top_k_filter,
     top_p_filter,
+    warmup_cosine_lr,
 )
 
 NEG_INF = float("-inf")
@@ -339,8 +345,8 @@ def test_load_text_and_course_text_read_from_disk(tmp_path):
 # ---------------------------------------------------------------- benchmark pieces
 
 
-def test_benchmark_schedule_warms_up_then_follows_a_cosine_to_min_lr():
-    lr = lambda it: gpt_bench.lr_at(it, 1e-3, 1e-4, 100, 2000)  # noqa: E731
+def test_schedule_warms_up_then_follows_a_cosine_to_min_lr():
+    lr = lambda it: warmup_cosine_lr(it, 1e-3, 1e-4, 100, 2000)  # noqa: E731
     assert lr(0) == pytest.approx(1e-3 / 101)
     assert lr(99) == pytest.approx(1e-3 * 100 / 101)
     assert lr(100) == pytest.approx(1e-3)
@@ -348,14 +354,22 @@ def test_benchmark_schedule_warms_up_then_follows_a_cosine_to_min_lr():
     assert lr(2000) == pytest.approx(1e-4)
 
 
-def test_benchmark_evaluation_covers_every_token_once():
+def test_random_windows_pairs_each_input_with_the_next_token():
+    ids = torch.arange(100)
+    x, y = random_windows(ids, 8, 5, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (5, 8)
+    assert torch.equal(y, x + 1)
+    assert torch.equal(x[:, 1:], x[:, :-1] + 1)  # contiguous stretches of the text
+
+
+def test_evaluation_covers_every_token_once():
     model = tiny(block_size=4)
     ids = torch.randint(0, 11, (11,))  # windows 0..3, 4..7, and the short tail 8..9
     expected = []
     for a, b in ((0, 4), (4, 8), (8, 10)):
         logits, _ = model(ids[None, a:b])
         expected.append(F.cross_entropy(logits[0], ids[a + 1 : b + 1], reduction="sum"))
-    got = gpt_bench.evaluate(model, ids, block_size=4, batch_size=1)
+    got = evaluate_loss(model, ids, batch_size=1)
     assert got == pytest.approx((sum(expected) / 10).item(), rel=1e-5)
 
 
@@ -368,3 +382,67 @@ def test_benchmark_skips_clearly_without_data_and_runs_quick_on_a_small_file(tmp
     json.dumps(result)
     assert result["metrics"]["iterations"] == 20
     assert math.isfinite(result["metrics"]["val_loss"])
+
+
+# ---------------------------------------------------------------- exercise checkers
+
+
+def reader_temperature(logits, t):
+    return torch.softmax(logits / t, dim=-1)
+
+
+def reader_top_k(logits, k):
+    kth = torch.sort(logits, dim=-1, descending=True).values[..., k - 1 : k]
+    return torch.where(logits >= kth, logits, torch.full_like(logits, NEG_INF))
+
+
+def reader_top_p(logits, p):
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [("gpt.temperature", reader_temperature), ("gpt.top_k_filter", reader_top_k),
+     ("gpt.top_p_filter", reader_top_p)],
+)
+def test_checkers_accept_a_readers_correct_solution(name, fn, capsys):
+    assert check(name, fn)
+    assert "all 3 cases pass" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name, wrong, hint",
+    [
+        ("gpt.temperature", lambda x, t: torch.softmax(x * t, -1), "do not multiply"),
+        ("gpt.temperature", lambda x, t: torch.softmax(x, -1) / t, "not the probabilities after"),
+        ("gpt.top_k_filter", lambda x, k: x.masked_fill(x < x.topk(k).values[..., -1:], 0.0), "not 0"),
+        ("gpt.top_k_filter", lambda x, k: x.masked_fill(x <= x.topk(k).values[..., -1:], NEG_INF),
+         "strictly above"),
+        ("gpt.top_k_filter", lambda x, k: x.masked_fill(x < x.topk(k + 1).values[..., -1:], NEG_INF),
+         "k + 1"),
+        ("gpt.top_p_filter", lambda x, p: top_p_keep_crossing_bug(x, p), "crosses p"),
+        ("gpt.top_p_filter", lambda x, p: x, "sort the probabilities"),
+    ],
+)
+def test_checkers_name_the_typical_mistake(name, wrong, hint):
+    with pytest.raises(CheckFailed) as failure:
+        CHECKS[name](wrong)
+    assert hint in failure.value.hint
+    assert failure.value.message.startswith("case ")
+
+
+def top_p_keep_crossing_bug(logits, p):
+    probs, order = torch.softmax(logits, -1).sort(-1, descending=True)
+    drop_sorted = probs.cumsum(-1) > p
+    return logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), NEG_INF)
+
+
+def test_kv_cache_benchmark_quick_run_reports_identical_tokens():
+    result = kv_bench.run(quick=True)
+    json.dumps(result)
+    assert result["metrics"]["identical_tokens"] is True
+    assert result["metrics"]["new_tokens"] == 32 and result["metrics"]["speedup"] > 0

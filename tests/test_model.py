@@ -279,3 +279,14 @@ def test_architecture_diagram_is_drawn_from_the_model():
     plt.close(fig)
     with pytest.raises(TypeError, match="tformer.model.Transformer"):
         draw_architecture(torch.nn.Linear(2, 2))
+
+
+def test_gpt_is_reachable_from_tformer_model():
+    from tformer import gpt
+    from tformer.model import GPT, GPTConfig
+
+    assert GPT is gpt.GPT and GPTConfig is gpt.GPTConfig
+    import tformer.model
+
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        tformer.model.Nope  # noqa: B018

@@ -171,6 +171,21 @@ def test_loader_matches_a_random_small_bert_from_transformers(tmp_path, minilm):
     assert (got - want)[mask.bool()].abs().max() < 1e-5
 
 
+def test_loader_takes_the_encoder_out_of_a_masked_lm_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    reference = transformers.BertForMaskedLM(config).eval()  # tensors named "bert.…" and "cls.…"
+    reference.save_pretrained(tmp_path)
+    shutil.copy(pretrained.default_model_dir() / "tokenizer.json", tmp_path / "tokenizer.json")
+    model, _ = pretrained.load_minilm(tmp_path)
+    ids = torch.randint(0, 30522, (2, 5))
+    with torch.no_grad():
+        want = reference.bert(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(model(ids), want, atol=1e-5, rtol=0)
+
+
 def test_weight_map_fills_every_parameter_exactly_once(minilm):
     model = minilm[0]
     mapping = pretrained.weight_map(model.config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,64 @@ def test_make_book_target_exists_and_builds_html_with_warnings_as_errors():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "\nbook:" in makefile
     assert "jupyter-book build . --warningiserror" in makefile
+
+
+# ---------------------------------------------------------------------------- scripts/execute_notebooks.py
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def executor(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    module = _load_script("execute_notebooks")
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    good = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# A tiny chapter\n\nText."),
+        nbformat.v4.new_code_cell("import os\nprint(os.path.basename(os.getcwd()), 6 * 7)"),
+    ])
+    good.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    bad = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")])
+    bad.metadata["kernelspec"] = good.metadata["kernelspec"]
+    nbformat.write(good, nb_dir / "01_tiny.ipynb")
+    nbformat.write(bad, nb_dir / "02_broken.ipynb")
+    monkeypatch.setattr(module, "NOTEBOOKS", nb_dir)
+    monkeypatch.setattr(module, "TIMES", tmp_path / "book" / "_static" / "execution_times.json")
+    monkeypatch.setattr(module, "PAGE", tmp_path / "book" / "execution.md")
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    (tmp_path / "book").mkdir()
+    return module
+
+
+def test_execute_notebooks_runs_in_place_in_the_notebooks_folder_and_records_times(executor, tmp_path):
+    assert executor.main(["--only", "01_tiny"]) == 0
+    nb = json.loads((tmp_path / "notebooks" / "01_tiny.ipynb").read_text())
+    assert "".join(nb["cells"][1]["outputs"][0]["text"]) == "notebooks 42\n"  # cwd = notebooks/
+    times = json.loads(executor.TIMES.read_text())
+    rec = times["notebooks"]["01_tiny"]
+    assert rec["status"] == "ok" and rec["seconds"] > 0 and rec["title"] == "A tiny chapter"
+    assert "cores" in rec["machine"] and times["machine"]["torch"]
+    page = executor.PAGE.read_text()
+    assert "{doc}`A tiny chapter <../notebooks/01_tiny>`" in page and "| chapter | seconds |" in page
+
+
+def test_execute_notebooks_reports_a_failing_notebook_and_leaves_it_unchanged(executor, tmp_path):
+    before = (tmp_path / "notebooks" / "02_broken.ipynb").read_text()
+    assert executor.main([]) == 1  # both run; one fails
+    assert (tmp_path / "notebooks" / "02_broken.ipynb").read_text() == before
+    times = json.loads(executor.TIMES.read_text())["notebooks"]
+    assert times["01_tiny"]["status"] == "ok"
+    assert times["02_broken"]["status"] == "failed" and "broken on purpose" in times["02_broken"]["error"]
+    assert "failed: " in executor.PAGE.read_text()
+
+
+def test_execute_notebooks_rejects_an_unknown_name(executor, capsys):
+    assert executor.main(["--only", "99_nope"]) == 2
+    assert "01_tiny" in capsys.readouterr().err

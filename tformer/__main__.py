@@ -5,6 +5,8 @@ Examples::
     python -m tformer train --data builtin --out runs/zh-en           # ~3 minutes on 2 CPU cores
     python -m tformer translate --checkpoint runs/zh-en "我昨天在北京买了三本书"
     python -m tformer evaluate --checkpoint runs/zh-en --data builtin  # prints BLEU on the test split
+
+``runs/zh-en`` is the default of ``--out`` and ``--checkpoint``.
     python -m tformer bench --quick
 """
 
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 EXIT_USAGE = 2
+DEFAULT_DIR = "runs/zh-en"
 
 
 class CLIError(Exception):
@@ -55,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Train a Transformer on the built-in corpus or a Tatoeba-style TSV "
                        "(English<TAB>Chinese<TAB>attribution). Checkpoints go to --out after every epoch.")
     t.add_argument("--data", default="builtin", help="'builtin' or a TSV file (default: builtin)")
-    t.add_argument("--out", required=True, help="checkpoint directory (created if needed)")
+    t.add_argument("--out", default=DEFAULT_DIR,
+                   help=f"checkpoint directory, created if needed (default: {DEFAULT_DIR})")
     t.add_argument("--max-minutes", type=_positive_minutes, default=d.max_minutes,
                    help=f"stop training after this many minutes (default: {d.max_minutes})")
     t.add_argument("--no-time-limit", action="store_true", help="train for --epochs, however long")
@@ -72,13 +76,14 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("translate", help="translate Chinese sentences with a trained checkpoint",
                         description="Translate each sentence argument (or each line of stdin).")
-    tr.add_argument("--checkpoint", required=True, help="directory written by 'tformer train'")
+    tr.add_argument("--checkpoint", default=DEFAULT_DIR,
+                    help=f"directory written by 'tformer train' (default: {DEFAULT_DIR})")
     tr.add_argument("--beam", type=_positive_int, default=1, help="beam size (1 = greedy; default 1)")
     tr.add_argument("sentences", nargs="*", help="Chinese sentences (read from stdin when none)")
 
     e = sub.add_parser("evaluate", help="print corpus BLEU of a checkpoint on a data set",
                        description="Translate a data split and print sacrebleu's corpus BLEU.")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", default=DEFAULT_DIR, help=f"default: {DEFAULT_DIR}")
     e.add_argument("--data", default="builtin", help="'builtin' or a TSV file (default: builtin)")
     e.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
                    help="which split (a TSV is split 90/5/5 exactly as 'train' split it; default: test)")

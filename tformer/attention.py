@@ -123,7 +123,7 @@ def fused_attention(
 def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """``(size, size)`` bool mask, True on and below the diagonal: position t sees 0..t (§3.2.3)."""
     _checks.positive_int("size", size)
-    return torch.ones(size, size, dtype=torch.bool, device=device).tril()
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril_()
 
 
 def padding_mask(

@@ -339,7 +339,8 @@ def make_batches(
         batch_size: sentences per batch (ignored when ``max_tokens`` is given).
         max_tokens: instead, fill each batch up to this many padded tokens (the paper's batches
             held about 25000 source and 25000 target tokens).
-        max_len: drop pairs whose source or target (with ``<bos>``/``<eos>``) has more tokens.
+        max_len: drop pairs whose source, or target plus ``<bos>`` (= the length of ``tgt_in``
+            and ``tgt_out``), has more tokens than this, e.g. the model's ``max_len``.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int (sentences per batch)")
@@ -355,7 +356,7 @@ def make_batches(
         t = tgt_vocab.encode(tgt_tokenize(pair[1]), add_bos=True, add_eos=True)
         if not s or len(t) < 3:
             continue  # an empty side has nothing to learn from
-        if max_len is not None and (len(s) > max_len or len(t) > max_len):
+        if max_len is not None and (len(s) > max_len or len(t) - 1 > max_len):
             continue
         encoded.append((i, s, t))
     rng = random.Random(seed)

@@ -66,6 +66,8 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive int")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype={self.dtype!r} must be 'float64' or 'float32'")
 
 
 def _build(cfg: RunConfig, rank: int, world_size: int):
@@ -146,12 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=RunConfig.seed)
     parser.add_argument("--naive-mean", action="store_true",
                         help="average the loss over each process's own tokens (the inexact way)")
+    parser.add_argument("--dtype", choices=["float64", "float32"], default=RunConfig.dtype,
+                        help="float64 (default) keeps rounding far below the 1e-5 comparison tolerance")
     parser.add_argument("--backend", choices=["gloo", "nccl"], default=None,
                         help="default: nccl with CUDA, else gloo")
     args = parser.parse_args(argv)
     try:
         cfg = RunConfig(steps=args.steps, global_batch=args.global_batch, d_model=args.d_model,
-                        seed=args.seed, naive_mean=args.naive_mean)
+                        seed=args.seed, naive_mean=args.naive_mean, dtype=args.dtype)
     except ValueError as error:
         parser.error(str(error))
     try:

@@ -1,9 +1,10 @@
 """Scaling up: the device, mixed precision and data-parallel training over several processes.
 
 Nothing here changes the model of Vaswani et al. (2017); it changes where and how fast the same
-arithmetic runs. The paper trained on one machine with 8 P100 GPUs (§5.2), each GPU holding a
-copy of the model and a share of every batch: data parallelism, which is what
-``torch.nn.parallel.DistributedDataParallel`` (DDP) does and what this module sets up.
+arithmetic runs. The paper trained on one machine with 8 P100 GPUs (§5.2). The standard way to
+share such work is data parallelism: every device holds a copy of the model and a share of every
+batch. That is what ``torch.nn.parallel.DistributedDataParallel`` (DDP) does and what this module
+sets up.
 
 One process per device is started by ``torchrun``, which tells each process who it is through
 environment variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).

@@ -142,7 +142,7 @@ class GPT(nn.Module):
         _checks.tensor(name, idx, floating=False)
         if idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError(f"{name} must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
-        lo, hi = int(idx.min()), int(idx.max())
+        lo, hi = (int(v) for v in torch.aminmax(idx))
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(
@@ -170,9 +170,9 @@ class GPT(nn.Module):
         """
         self._check_idx(idx)
         B, T = idx.shape
-        cached = 0 if caches is None else len(caches[0])
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one KVCache per block ({len(self.blocks)}), got {len(caches)}")
+        cached = 0 if caches is None else len(caches[0])
         if start is None:
             start = cached
         elif start != cached:
@@ -203,7 +203,9 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        # The fused kernel updates every tensor in one pass (CPU and CUDA); same arithmetic.
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
     @torch.no_grad()
     def generate(
@@ -317,6 +319,52 @@ def sample(
     probs = torch.softmax(logits, dim=-1)
     ids = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
     return ids.reshape(logits.shape[:-1])
+
+
+def random_windows(
+    ids: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch: ``batch_size`` random windows of ``ids`` (1-D) and the same windows
+    shifted by one token, ``(x, y)`` each ``(batch_size, block_size)``; y[b, t] follows x[b, t]."""
+    windows = ids.unfold(0, block_size + 1, 1)  # (N - block_size, block_size + 1), a view
+    xy = windows[torch.randint(len(windows), (batch_size,), generator=generator)]
+    return xy[:, :-1], xy[:, 1:]
+
+
+def warmup_cosine_lr(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """Linear warmup over ``warmup`` steps, then half a cosine from ``lr`` down to ``min_lr`` at
+    ``total`` (GPT-2 and nanoGPT's schedule; the paper's own is in :mod:`tformer.train`)."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+@torch.inference_mode()
+def evaluate_loss(model: GPT, ids: torch.Tensor, batch_size: int = 64) -> float:
+    """Mean next-token cross-entropy over all of ``ids`` (1-D).
+
+    ``ids`` is cut into consecutive, non-overlapping windows of ``block_size`` tokens (the last
+    one shorter), so every token but the first is predicted exactly once, from the tokens before
+    it in its window.
+    """
+    block = model.config.block_size
+    was_training = model.training
+    model.eval()
+    n = (len(ids) - 1) // block
+    x = ids[: n * block].view(n, block)
+    y = ids[1 : n * block + 1].view(n, block)
+    total, count = 0.0, 0
+    for i in range(0, n, batch_size):
+        _, loss = model(x[i : i + batch_size], y[i : i + batch_size])
+        total += loss.item() * y[i : i + batch_size].numel()
+        count += y[i : i + batch_size].numel()
+    rest = len(ids) - 1 - n * block
+    if rest:  # the short last window
+        _, loss = model(ids[None, n * block : -1], ids[None, n * block + 1 :])
+        total, count = total + loss.item() * rest, count + rest
+    model.train(was_training)
+    return total / count
 
 
 class CharTokenizer:

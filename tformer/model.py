@@ -357,3 +357,13 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     # .parameters() already yields a shared Parameter only once
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def __getattr__(name: str) -> Any:
+    # DESIGN lists the decoder-only GPT under tformer.model; it lives in tformer.gpt (chapter 10)
+    # and is imported on first use, so importing this module never imports that one.
+    if name in ("GPT", "GPTConfig"):
+        from tformer import gpt
+
+        return getattr(gpt, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -46,8 +46,8 @@ class Settings:
     dropout: float = 0.1
     max_len: int = 128
     batch_tokens: int = 1500
-    warmup: int = 400
-    lr_factor: float = 2.0
+    warmup: int = 200
+    lr_factor: float = 0.5
     smoothing: float = 0.1
     clip_norm: float = 1.0
     epochs: int = 10
@@ -141,7 +141,8 @@ def train_translation(
     state = None
     if resume and out_dir is not None and (Path(out_dir) / "state.json").exists():
         ckpt = load_checkpoint(out_dir, restore_rng=False)
-        s = Settings.from_dict(ckpt.config["train"])
+        # the model and optimisation settings are the checkpoint's; the length of the run is ours
+        s = replace(Settings.from_dict(ckpt.config["train"]), epochs=s.epochs, max_minutes=s.max_minutes)
         src_vocab, tgt_vocab, model = ckpt.src_vocab, ckpt.tgt_vocab, ckpt.model.to(device)
     else:
         torch.manual_seed(s.seed)

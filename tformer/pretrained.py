@@ -294,8 +294,8 @@ def load_bert_weights(model: BertEncoder, path: str | Path) -> BertEncoder:
     """Copy the tensors of a ``model.safetensors`` into ``model``, checking every name and shape."""
     path = Path(path)
     tensors = _open_safetensors(path)
-    if tensors and all(k.startswith("bert.") for k in tensors):  # e.g. saved from BertForMaskedLM
-        tensors = {k[len("bert."):]: v for k, v in tensors.items()}
+    if any(k.startswith("bert.") for k in tensors):  # saved from a task model, e.g. BertForMaskedLM
+        tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}  # its head ("cls.…") is ignored
     mapping = weight_map(model.config)
     own = model.state_dict()
     state = {}

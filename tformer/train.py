@@ -235,7 +235,8 @@ def train_epoch(
     loss_sum, tokens, steps, stopped = 0.0, 0, 0, False
     bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not progress, mininterval=1.0)
     for batch in todo:
-        if _any_rank(
+        limited = deadline is not None or max_steps is not None
+        if limited and _any_rank(
             (deadline is not None and time.perf_counter() > deadline)
             or (max_steps is not None and state.step >= max_steps),
             device,
@@ -245,6 +246,12 @@ def train_epoch(
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = _forward_loss(model, batch, loss_fn)
+        value = loss.item()
+        if not math.isfinite(value):  # stop before a NaN reaches the weights
+            raise FloatingPointError(
+                f"the training loss became {value} at step {state.step + 1}; lower the learning "
+                "rate (factor) or enable gradient clipping"
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -261,12 +268,6 @@ def train_epoch(
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"the training loss became {value} at step {state.step + 1}; lower the learning "
-                "rate (factor) or enable gradient clipping"
-            )
         n = int(batch.n_tokens)
         loss_sum += value * n
         tokens += n
@@ -279,7 +280,7 @@ def train_epoch(
         state.history["lr"].append(lr)
         dt = time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{tokens / max(dt, 1e-9):.0f}")
+        bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{tokens / max(dt, 1e-9):.0f}", refresh=False)
     bar.close()
     dt = time.perf_counter() - t0
     return EpochResult(
@@ -360,10 +361,15 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     deadline = None
     if max_minutes is not None:
-        deadline = time.perf_counter() + max_minutes * 60 - state.elapsed
+        deadline = time.perf_counter() + max_minutes * 60  # of this call, not of the whole run
     say = log if (is_main and log is not None) else (lambda _msg: None)
     while state.epoch < epochs:
         batches = train_batches(state.epoch) if callable(train_batches) else train_batches
+        if len(batches) == 0:
+            raise ValueError(
+                "train_batches is empty: no sentence pair survived batching (are all of them empty "
+                "or longer than max_len?)"
+            )
         t0 = time.perf_counter()
         result = train_epoch(
             model, batches, loss_fn, optimizer, scheduler,

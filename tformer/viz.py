@@ -7,6 +7,7 @@ Token labels may be Chinese: a font with CJK glyphs is used when one is installe
 
 from __future__ import annotations
 
+import glob
 import math
 import re
 import warnings
@@ -34,8 +35,24 @@ _CJK_FONTS = (
     "PingFang SC",
     "Heiti SC",
 )
+_CJK_FILES = (
+    "/usr/share/fonts/**/NotoSansCJK*.tt[cf]",
+    "/usr/share/fonts/**/NotoSerifCJK*.tt[cf]",
+    "/usr/share/fonts/**/wqy-*.tt[cf]",
+    "/usr/share/fonts/**/DroidSansFallback*.tt[cf]",
+)
 _CJK_RE = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
 _cjk_font: str | None | bool = False  # False: not looked up yet
+
+
+def _register_cjk_files() -> None:
+    """Add CJK font files installed after matplotlib built its font cache (e.g. fonts-noto-cjk)."""
+    for pattern in _CJK_FILES:
+        for path in sorted(glob.glob(pattern, recursive=True)):
+            try:
+                font_manager.fontManager.addfont(path)
+            except (OSError, RuntimeError, ValueError):
+                continue
 
 
 def cjk_font() -> str | None:
@@ -43,6 +60,9 @@ def cjk_font() -> str | None:
     global _cjk_font
     if _cjk_font is False:
         installed = {f.name for f in font_manager.fontManager.ttflist}
+        if not installed.intersection(_CJK_FONTS):
+            _register_cjk_files()
+            installed = {f.name for f in font_manager.fontManager.ttflist}
         _cjk_font = next((name for name in _CJK_FONTS if name in installed), None)
         if _cjk_font is None:
             # Without a CJK font the characters render as boxes; say nothing about each one.

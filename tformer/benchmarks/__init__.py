@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -99,10 +98,11 @@ def time_pair(
     repeats: int,
     warmup: int = 1,
 ) -> tuple[float, float]:
-    """Median seconds of ``fn_a`` and ``fn_b``, timed alternately (a, b, a, b, ...).
+    """Best-of-``repeats`` seconds of ``fn_a`` and ``fn_b``, timed alternately (a, b, a, b, ...).
 
     Alternating means both see the same machine load, so their ratio is fair even on a busy
-    machine where the absolute times are not.
+    machine where the absolute times are not; the minimum is the run least disturbed by other
+    processes (the convention of :mod:`timeit`).
     """
     for _ in range(warmup):
         fn_a()
@@ -116,7 +116,7 @@ def time_pair(
         t2 = time.perf_counter()
         ta.append(t1 - t0)
         tb.append(t2 - t1)
-    return statistics.median(ta), statistics.median(tb)
+    return min(ta), min(tb)
 
 
 def hardware_note() -> str:
@@ -149,6 +149,7 @@ def _jsonable(value: object) -> object:
 def run_one(name: str, quick: bool = False) -> dict:
     """Run benchmark ``name``; always returns a dict with ``status`` "ok" or "failed" (+ ``error``)."""
     module_name = BENCHMARKS[name]
+    threads = torch.get_num_threads()
     t0 = time.perf_counter()
     try:
         try:
@@ -172,6 +173,7 @@ def run_one(name: str, quick: bool = False) -> dict:
             raise ValueError(f"{module_name}.run() result lacks the keys {missing}")
         result = _jsonable(result)
     except Exception as e:  # noqa: BLE001 - one broken benchmark must not stop the others
+        torch.set_num_threads(threads)
         last = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
         where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
         return {
@@ -179,7 +181,8 @@ def run_one(name: str, quick: bool = False) -> dict:
             "error": f"{type(e).__name__}: {e}{where}",
             "seconds": round(time.perf_counter() - t0, 2),
         }
-    return {"status": "ok", **result, "seconds": round(time.perf_counter() - t0, 2)}
+    torch.set_num_threads(threads)  # a benchmark that changed it must not change the next one
+    return {**result, "status": "ok", "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def parse_only(text: str | None) -> list[str]:
@@ -239,22 +242,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info()
     print(f"tformer bench on {describe_machine(machine)}{' (quick)' if args.quick else ''}", flush=True)
     results = _load_previous(out, machine) if args.only else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
     failed = []
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         res = run_one(name, quick=args.quick)
         res["quick"] = args.quick
-        res["date"] = machine["date"]
+        res["date"] = machine_info()["date"]
         results[name] = res
         if res["status"] == "ok":
             print(f"    ok in {res['seconds']:.1f} s: {res['summary']}", flush=True)
         else:
             failed.append(name)
             print(f"    FAILED after {res['seconds']:.1f} s: {res['error']}", flush=True)
-    ordered = {n: results[n] for n in BENCHMARKS if n in results}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": machine, "benchmarks": ordered}
-    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        # written after every benchmark, so an interrupted run keeps what it measured
+        ordered = {n: results[n] for n in BENCHMARKS if n in results}
+        doc = {"machine": machine, "benchmarks": ordered}
+        out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     if failed:
         print(f"{len(failed)} of {len(names)} failed: {', '.join(failed)}", file=sys.stderr)

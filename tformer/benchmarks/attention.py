@@ -46,7 +46,7 @@ def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, call) -> None:
 
 
 def measure(B: int, T: int, d_model: int, h: int, causal: bool, repeats: int) -> dict:
-    """One row: median forward+backward time of both modules on the same input, and their ratio."""
+    """One row: best forward+backward time of both modules on the same input, and their ratio."""
     torch.manual_seed(0)
     ours, ref = paired_modules(d_model, h)
     x = torch.randn(B, T, d_model, requires_grad=True)

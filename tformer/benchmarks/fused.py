@@ -23,7 +23,7 @@ QUICK_T = [16, 32]
 
 
 def measure(T: int, repeats: int, batch: int = B, heads: int = H, d_k: int = D_K) -> dict:
-    """One row: median forward+backward time of both paths at sequence length ``T``."""
+    """One row: best forward+backward time of both paths at sequence length ``T``."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(batch, heads, T, d_k, requires_grad=True) for _ in range(3))
     grad = torch.randn(batch, heads, T, d_k)

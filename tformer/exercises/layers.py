@@ -8,6 +8,7 @@ the reader's answer equals one of them, the hint names that mistake.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -191,15 +192,20 @@ def _count_terms(d: int, d_ff: int, n: int, vocab: int) -> dict[str, int]:
             HINT_DEC_ATTN: right - n * attn, HINT_LN: right - 5 * n * ln}
 
 
+@functools.cache
+def _reference_count(d: int, d_ff: int, h: int, n: int, vocab: int) -> int:
+    config = TransformerConfig.base(vocab, d_model=d, dim_feedforward=d_ff, num_heads=h,
+                                    num_encoder_layers=n, num_decoder_layers=n)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        return count_parameters(Transformer(config))
+
+
 def check_parameter_count(fn: Callable) -> int:
     """``fn(d_model, d_ff, num_heads, num_layers, vocab_size) -> int``: parameters of a Transformer
     with one shared vocabulary and tied embeddings, exactly what ``count_parameters`` reports."""
     cases = [(512, 2048, 8, 6, 37000), (1024, 4096, 16, 6, 37000), (64, 256, 4, 2, 1000), (32, 48, 2, 3, 17)]
     for i, (d, d_ff, h, n, vocab) in enumerate(cases, start=1):
-        config = TransformerConfig.base(vocab, d_model=d, dim_feedforward=d_ff, num_heads=h,
-                                        num_encoder_layers=n, num_decoder_layers=n)
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            want = count_parameters(Transformer(config))
+        want = _reference_count(d, d_ff, h, n, vocab)
         got = fn(d, d_ff, h, n, vocab)
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = int(got.item())
