@@ -12,7 +12,6 @@ STAMP  := $(VENV)/.installed-stamp
 export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export MPLBACKEND := Agg
 
 .PHONY: venv book test test-package test-notebooks lab notebooks bench lint clean
 
