@@ -70,6 +70,10 @@ def cjk_font() -> str | None:
     return _cjk_font
 
 
+def _font_weight(name: str) -> int | str:
+    return next((f.weight for f in font_manager.fontManager.ttflist if f.name == name), "normal")
+
+
 def _as_2d(name: str, value: object) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().float().numpy()
@@ -102,7 +106,10 @@ def _check_labels(name: str, labels: Sequence[str] | None, size: int, axis: str)
 def _set_tick_labels(ax: Axes, x_labels: list[str] | None, y_labels: list[str] | None) -> None:
     needs_cjk = any(_CJK_RE.search(t) for t in (x_labels or []) + (y_labels or []))
     font = cjk_font() if needs_cjk else None
-    family = {"fontfamily": [font, "DejaVu Sans"]} if font else {}
+    # Ask for the weight the CJK font was registered with (WenQuanYi is "medium", 500): asking for
+    # "normal" makes matplotlib log a findfont warning into the notebook's stderr for every label.
+    # CJK fonts carry Latin glyphs too, so no fallback family is needed.
+    family = {"fontfamily": font, "fontweight": _font_weight(font)} if font else {}
     if x_labels is not None:
         ax.set_xticks(range(len(x_labels)))
         ax.set_xticklabels(x_labels, rotation=90 if max(map(len, x_labels), default=0) > 2 else 0, **family)
