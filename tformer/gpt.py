@@ -207,7 +207,6 @@ class GPT(nn.Module):
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
-    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -233,27 +232,43 @@ class GPT(nn.Module):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")
         _check_sampling(temperature, top_k, top_p)
-        block = self.config.block_size
         was_training = self.training
         self.eval()
         try:
-            caches = None
-            for _ in range(max_new_tokens):
-                if not use_cache:
-                    logits, _ = self(idx[:, -block:])
-                elif caches is None or len(caches[0]) >= block:
-                    caches = self.new_caches()  # (re)fill from the last block_size tokens
-                    logits, _ = self(idx[:, -block:], caches=caches)
-                else:
-                    logits, _ = self(idx[:, -1:], caches=caches)
-                logits = logits[:, -1, :]  # (B, vocab_size)
-                if do_sample:
-                    nxt = sample(logits, temperature, top_k, top_p, generator=generator)
-                else:
-                    nxt = logits.argmax(dim=-1)
-                idx = torch.cat([idx, nxt[:, None]], dim=1)
+            with torch.inference_mode():  # like no_grad, minus autograd's bookkeeping per tensor
+                idx = self._decode(idx, max_new_tokens, temperature, top_k, top_p, use_cache,
+                                   generator, do_sample)
         finally:
             self.train(was_training)
+        return idx.clone()  # a normal tensor again, usable in autograd outside inference mode
+
+    def _decode(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        use_cache: bool,
+        generator: torch.Generator | None,
+        do_sample: bool,
+    ) -> torch.Tensor:
+        block = self.config.block_size
+        caches = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = self(idx[:, -block:])
+            elif caches is None or len(caches[0]) >= block:
+                caches = self.new_caches()  # (re)fill from the last block_size tokens
+                logits, _ = self(idx[:, -block:], caches=caches)
+            else:
+                logits, _ = self(idx[:, -1:], caches=caches)  # only the newest token
+            logits = logits[:, -1, :]  # (B, vocab_size): the prediction after the last token
+            if do_sample:
+                nxt = sample(logits, temperature, top_k, top_p, generator=generator)
+            else:
+                nxt = logits.argmax(dim=-1)
+            idx = torch.cat([idx, nxt[:, None]], dim=1)
         return idx
 
 

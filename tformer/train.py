@@ -11,6 +11,7 @@ inside ``torch.nn.parallel.DistributedDataParallel``. Checkpoints live in :mod:`
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -233,7 +234,9 @@ def train_epoch(
     todo = batches[start_batch:]
     t0 = time.perf_counter()
     loss_sum, tokens, steps, stopped = 0.0, 0, 0, False
-    bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not progress, mininterval=1.0)
+    # A terminal redraws one line; a notebook saved to a book keeps every update, so update less often.
+    interval = 1.0 if getattr(sys.stderr, "isatty", lambda: False)() else 5.0
+    bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not progress, mininterval=interval)
     for batch in todo:
         limited = deadline is not None or max_steps is not None
         if limited and _any_rank(

@@ -33,7 +33,7 @@ def run(quick: bool = False) -> dict:
     settings = Settings()
     test = splits["test"]
     if quick:
-        settings = Settings(epochs=1, max_minutes=0.1)
+        settings = Settings(epochs=1, max_minutes=0.05)
         splits = {"train": splits["train"][:2000], "valid": splits["valid"][:50]}
         test = test[:50]
     with tempfile.TemporaryDirectory() as out:
