@@ -66,7 +66,7 @@ def test_evaluate_on_held_out_lines_of_a_tatoeba_file_gives_bleu_above_zero(trai
 
 def test_translate_prints_one_line_per_sentence_and_handles_unknown_characters(trained, capsys):
     _, out = trained
-    assert main(["translate", "--checkpoint", str(out), "--beam", "3", "我买了书", "龘龘"]) == 0
+    assert main(["translate", "--checkpoint", str(out), "--beam", "3", "--threads", "1", "我买了书", "龘龘"]) == 0
     lines = capsys.readouterr().out.strip().split("\n")
     assert len(lines) == 2
 

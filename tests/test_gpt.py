@@ -360,6 +360,8 @@ def test_random_windows_pairs_each_input_with_the_next_token():
     assert x.shape == y.shape == (5, 8)
     assert torch.equal(y, x + 1)
     assert torch.equal(x[:, 1:], x[:, :-1] + 1)  # contiguous stretches of the text
+    with pytest.raises(ValueError, match="longer than block_size=8"):
+        random_windows(torch.arange(8), 8, 2)
 
 
 def test_evaluation_covers_every_token_once():

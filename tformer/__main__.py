@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1 = greedy)")
     e.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N pairs")
 
+    for sp in (t, tr, e):
+        sp.add_argument("--threads", type=_positive_int, default=None,
+                        help="CPU threads for torch (default: torch's choice); on a machine shared "
+                        "with other jobs, 1 is often much faster than oversubscribed cores")
     sub.add_parser("bench", help="run the benchmarks (tformer.benchmarks); --help for its options",
                    add_help=False)
     return p
@@ -153,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return {"train": _train, "translate": _translate, "evaluate": _evaluate}[args.command](args)
     except (CLIError, ValueError, TypeError, FileNotFoundError) as error:

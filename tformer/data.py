@@ -259,14 +259,15 @@ class BPETokenizer:
 class Batch:
     """One mini-batch of padded id tensors and the masks built from them (True = may attend).
 
-    src      (B, S) source ids, padded with ``<pad>``=0
-    tgt_in   (B, T) decoder input: ``<bos>`` y1 ... yn   (the target shifted right, §3.1)
-    tgt_out  (B, T) what the decoder must predict: y1 ... yn ``<eos>``
-    src_mask (B, 1, 1, S) False at source padding (used by encoder self-attention and by
-             the decoder's cross-attention)
-    tgt_mask (B, 1, T, T) causal AND False at target padding (decoder self-attention, §3.2.3)
-    n_tokens number of non-pad tokens in ``tgt_out`` (what the loss is averaged over)
-    index    (B,) position of each row's pair in the list given to :func:`make_batches`
+    Attributes:
+        src: ``(B, S)`` source ids, padded with ``<pad>`` = 0.
+        tgt_in: ``(B, T)`` decoder input: ``<bos>`` y1 … yn (the target shifted right, §3.1).
+        tgt_out: ``(B, T)`` what the decoder must predict: y1 … yn ``<eos>``.
+        src_mask: ``(B, 1, 1, S)``, False at source padding (used by encoder self-attention and
+            by the decoder's cross-attention).
+        tgt_mask: ``(B, 1, T, T)``, causal AND False at target padding (decoder self-attention, §3.2.3).
+        n_tokens: number of non-pad tokens in ``tgt_out`` (what the loss is averaged over).
+        index: ``(B,)`` position of each row's pair in the list given to :func:`make_batches`.
     """
 
     src: torch.Tensor

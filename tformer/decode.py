@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tformer import _checks
+from tformer.gpt import sample, top_k_filter, top_p_filter  # noqa: F401  (chapter 10's sampling)
 
 
 def _prepare(model: nn.Module, src: torch.Tensor, src_mask: torch.Tensor | None, max_len: int | None):
@@ -81,7 +82,7 @@ def greedy_decode(
 
 
 def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
-    """GNMT's lp(Y) = ((5 + |Y|) / 6)^α (Wu et al., 2016, Eq. 14); α = 0 means no normalisation.
+    """GNMT's lp(Y) = ((5 + \\|Y\\|) / 6)^α (Wu et al., 2016, Eq. 14); α = 0 means no normalisation.
 
     Beam search ranks hypotheses by log P(Y | X) / lp(Y): without it, every extra token lowers
     the summed log-probability and short translations win.

@@ -341,6 +341,11 @@ def random_windows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A training batch: ``batch_size`` random windows of ``ids`` (1-D) and the same windows
     shifted by one token, ``(x, y)`` each ``(batch_size, block_size)``; y[b, t] follows x[b, t]."""
+    _checks.tensor("ids", ids, floating=False)
+    if ids.dim() != 1 or len(ids) <= block_size:
+        raise ValueError(
+            f"ids must be a 1-D tensor longer than block_size={block_size}, got shape {tuple(ids.shape)}"
+        )
     windows = ids.unfold(0, block_size + 1, 1)  # (N - block_size, block_size + 1), a view
     xy = windows[torch.randint(len(windows), (batch_size,), generator=generator)]
     return xy[:, :-1], xy[:, 1:]
