@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from tformer import data
 from tformer.__main__ import main
@@ -26,15 +25,6 @@ def _tatoeba_file(path, n: int = 400, bad_line: bool = False):
     path.write_text("\ufeff" + "\n".join(lines[:100]) + "\n\n" + "\n".join(lines[100:]) + "\n\n",
                     encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: a second thread only adds synchronisation, so use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

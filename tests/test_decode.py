@@ -15,15 +15,6 @@ from tformer.metrics import bleu, corpus_bleu, sentence_bleu
 from tformer.model import Transformer, TransformerConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: a second thread only adds synchronisation, so use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(V: int = 23, seed: int = 0, max_len: int = 32) -> Transformer:
     torch.manual_seed(seed)
     cfg = TransformerConfig(19, V, d_model=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,

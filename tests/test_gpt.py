@@ -28,15 +28,6 @@ from tformer.gpt import (
 NEG_INF = float("-inf")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is fastest and immune to other processes on the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides) -> GPT:
     torch.manual_seed(0)
     kw = dict(vocab_size=11, block_size=12, num_layers=2, num_heads=2, d_model=16)

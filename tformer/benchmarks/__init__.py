@@ -124,6 +124,16 @@ def hardware_note() -> str:
     return f"Absolute times were measured on {describe_machine(machine_info())}."
 
 
+def print_result(result: dict) -> None:
+    """Print one benchmark's result for a reader running its module as a script."""
+    print(result["title"])
+    print(result["summary"])
+    for row in result["table"]:
+        print("  " + " | ".join(f"{k}: {v}" for k, v in row.items()))
+    if result.get("hardware_note"):
+        print(result["hardware_note"])
+
+
 # ---------------------------------------------------------------------------- the runner
 def _jsonable(value: object) -> object:
     """Round-trip through JSON so a bad result fails here, not when the file is written."""

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from tformer.benchmarks import print_result
 from tformer.gpt import (
     GPT,
     CharTokenizer,
@@ -202,11 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(result["title"])
-    print(result["summary"])
-    for row in result["table"]:
-        print("  " + " | ".join(f"{k}: {v}" for k, v in row.items()))
-    print(result["hardware_note"])
+    print_result(result)
 
 
 if __name__ == "__main__":
