@@ -138,3 +138,118 @@ def test_python_dash_m_tformer_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "tformer", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "train" in result.stdout and "translate" in result.stdout
+
+
+# ---------------------------------------------------------------- --tokenizer bpe (issue 4)
+
+BPE = ["--tokenizer", "bpe", "--bpe-vocab-size", "300", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained_bpe(tmp_path_factory):
+    """Train with a BPE target tokenizer on a Tatoeba-format file (about a second with 1 thread)."""
+    root = tmp_path_factory.mktemp("cli_bpe")
+    tsv = _tatoeba_file(root / "cmn.txt")
+    out = root / "ckpt"
+    assert main(["train", "--data", str(tsv), "--out", str(out), "--epochs", "8", *BPE, *TINY]) == 0
+    return tsv, out
+
+
+def test_word_tokenizer_stays_the_default_and_writes_no_tokenizer_file(trained):
+    from tformer.checkpoint import read_json
+
+    _, out = trained
+    assert read_json(out / "config.json")["tokenizer"] == {"src": "zh_char", "tgt": "en_word"}
+    assert not (out / "tgt_tokenizer.json").exists()
+
+
+def test_bpe_checkpoint_saves_the_tokenizer_and_config_names_it(trained_bpe, tmp_path):
+    from tformer.checkpoint import read_json
+
+    tsv, out = trained_bpe
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "optimizer.safetensors",
+                                               "src_vocab.json", "tgt_vocab.json", "state.json",
+                                               "tgt_tokenizer.json"}
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes left nothing behind
+    config = read_json(out / "config.json")
+    assert config["tokenizer"] == {"src": "zh_char", "tgt": "bpe", "tgt_file": "tgt_tokenizer.json"}
+    # round trip: the saved tokenizer reloads with the ids of tgt_vocab.json and saves back unchanged
+    tok = data.BPETokenizer.load(out / "tgt_tokenizer.json")
+    assert tok.vocab.to_dict() == read_json(out / "tgt_vocab.json")
+    assert 50 < len(tok) <= 300
+    tok.save(tmp_path / "again.json")
+    assert read_json(tmp_path / "again.json") == read_json(out / "tgt_tokenizer.json")
+    sentence = "My friend's cat didn't eat the cake."
+    pieces = tok.tokenize(sentence)
+    assert "▁" in "".join(pieces)  # word starts are marked, so spaces come back exactly
+    assert tok.detokenize(pieces) == sentence
+
+
+def test_bpe_checkpoint_translates_and_evaluates_on_detokenized_text(trained_bpe, capsys):
+    from tformer.decode import Translator
+
+    tsv, out = trained_bpe
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(tsv)]) == 0
+    text = capsys.readouterr().out
+    assert float(re.search(r"BLEU = ([\d.]+)", text).group(1)) > 0, text
+    assert main(["translate", "--checkpoint", str(out), "我买了书", "龘龘"]) == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert len(lines) == 2
+    translator = Translator.from_checkpoint(out, device="cpu")
+    assert translator.tgt_tokenizer is not None
+    hyps = translator.translate([p.src for p in data.load_builtin("train")[:20]])
+    for hyp in hyps + lines:  # text, not pieces: no word-start marks, single spaces
+        assert "▁" not in hyp and "  " not in hyp and hyp == hyp.strip()
+    assert any(" " in hyp for hyp in hyps)
+    _, src_tokens, tgt_tokens = translator.alignment("我买了书")
+    assert src_tokens == ["我", "买", "了", "书"] and tgt_tokens[-1] == "<eos>"
+
+
+def test_resume_keeps_the_bpe_tokenizer_of_the_checkpoint(trained_bpe, tmp_path, capsys):
+    import shutil
+
+    from tformer.checkpoint import read_json
+
+    tsv, out = trained_bpe
+    shutil.copytree(out, tmp_path / "ck")
+    before = read_json(out / "tgt_tokenizer.json")
+    # --tokenizer is left at its default ('word'): the checkpoint's BPE tokenizer wins
+    assert main(["train", "--data", str(tsv), "--out", str(tmp_path / "ck"), "--epochs", "9", "--resume",
+                 "--threads", "1", *TINY]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert read_json(tmp_path / "ck" / "config.json")["tokenizer"]["tgt"] == "bpe"
+    assert read_json(tmp_path / "ck" / "tgt_tokenizer.json") == before
+
+
+def test_missing_or_corrupt_bpe_tokenizer_file_is_a_clear_error(trained_bpe, tmp_path, capsys):
+    import shutil
+
+    tsv, out = trained_bpe
+    ck = tmp_path / "ck"
+    shutil.copytree(out, ck)
+    (ck / "tgt_tokenizer.json").unlink()
+    assert main(["translate", "--checkpoint", str(ck), "我"]) == 2
+    err = capsys.readouterr().err
+    assert "tgt_tokenizer.json" in err and "missing" in err
+    assert main(["evaluate", "--checkpoint", str(ck), "--data", str(tsv)]) == 2
+    assert "tgt_tokenizer.json" in capsys.readouterr().err
+    (ck / "tgt_tokenizer.json").write_text("{not json", encoding="utf-8")
+    assert main(["translate", "--checkpoint", str(ck), "我"]) == 2
+    err = capsys.readouterr().err
+    assert "tgt_tokenizer.json" in err and "corrupt" in err
+
+
+def test_bad_tokenizer_arguments_are_refused(tmp_path, capsys):
+    from tformer.pipeline import build_bpe_vocabs, train_translation
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "o"), "--tokenizer", "sentencepiece"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path / "o"), "--tokenizer", "bpe", "--bpe-vocab-size", "0"])
+    assert "positive integer" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="tokenizer='char' must be one of"):
+        train_translation({"train": []}, None, tokenizer="char")
+    with pytest.raises(ValueError, match="bpe_vocab_size=4"):
+        build_bpe_vocabs(data.load_builtin("train")[:10], vocab_size=4)
+    assert not (tmp_path / "o").exists()

@@ -5,9 +5,12 @@ Examples::
     python -m tformer train --data builtin --out runs/zh-en           # ~3 minutes on 2 CPU cores
     python -m tformer translate --checkpoint runs/zh-en "我昨天在北京买了三本书"
     python -m tformer evaluate --checkpoint runs/zh-en --data builtin  # prints BLEU on the test split
-
-``runs/zh-en`` is the default of ``--out`` and ``--checkpoint``.
     python -m tformer bench --quick
+
+``runs/zh-en`` is the default of ``--out`` and ``--checkpoint``. English is tokenized by word
+unless ``train --tokenizer bpe`` (for real corpora such as a Tatoeba file) learns a BPE tokenizer
+on the English side of the training split and saves it in the checkpoint; Chinese is always split
+by character. ``translate`` and ``evaluate`` find the tokenizer in the checkpoint by themselves.
 """
 
 from __future__ import annotations
@@ -64,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"stop training after this many minutes (default: {d.max_minutes})")
     t.add_argument("--no-time-limit", action="store_true", help="train for --epochs, however long")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"default: {d.epochs}")
+    t.add_argument("--tokenizer", choices=["word", "bpe"], default="word",
+                   help="how English is split: 'word' (default, fine for the built-in corpus) or "
+                   "'bpe', byte-pair encoding learnt on the English side of the training split and "
+                   "saved as tgt_tokenizer.json in --out (for real corpora). Chinese is always split "
+                   "by character, already a small sub-word unit. Ignored with --resume, which keeps "
+                   "the checkpoint's tokenizer")
+    t.add_argument("--bpe-vocab-size", type=_positive_int, default=8000,
+                   help="largest BPE vocabulary, specials included (with --tokenizer bpe; default: 8000)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     t.add_argument("--skip-bad-lines", action="store_true",
                    help="skip malformed TSV lines (and say how many) instead of stopping at the first")
@@ -82,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("sentences", nargs="*", help="Chinese sentences (read from stdin when none)")
 
     e = sub.add_parser("evaluate", help="print corpus BLEU of a checkpoint on a data set",
-                       description="Translate a data split and print sacrebleu's corpus BLEU.")
+                       description="Translate a data split and print sacrebleu's corpus BLEU, computed on "
+                       "detokenized text (so word and BPE checkpoints are scored alike).")
     e.add_argument("--checkpoint", default=DEFAULT_DIR, help=f"default: {DEFAULT_DIR}")
     e.add_argument("--data", default="builtin", help="'builtin' or a TSV file (default: builtin)")
     e.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
@@ -108,7 +120,8 @@ def _train(args: argparse.Namespace) -> int:
     splits = load_data(args.data, seed=settings.seed, errors="skip" if args.skip_bad_lines else "raise")
     print(f"data: {args.data}: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} sentence pairs")
     translator, state = train_translation(
-        splits, args.out, settings, data_source=args.data, resume=args.resume, progress=not args.quiet
+        splits, args.out, settings, data_source=args.data, tokenizer=args.tokenizer,
+        bpe_vocab_size=args.bpe_vocab_size, resume=args.resume, progress=not args.quiet,
     )
     where = "finished" if state.finished else "stopped by the time limit"
     print(f"{where} after {state.step} steps; checkpoint in {args.out}")

@@ -6,6 +6,8 @@ A checkpoint is a directory::
     config.json            {"model": TransformerConfig.to_dict(), "tokenizer": ..., "train": ...}
     src_vocab.json         source and target vocabularies (tformer.data.Vocab)
     tgt_vocab.json
+    tgt_tokenizer.json     only with ``--tokenizer bpe``: the target side's BPE tokenizer
+                           (Hugging Face ``tokenizers`` JSON); config.json's "tokenizer" entry names it
     optimizer.safetensors  Adam's moment tensors and the random-number generators' tensor states
     state.json             step, epoch, loss history, optimizer hyper-parameters, scheduler, RNGs
 
@@ -120,6 +122,7 @@ def save_checkpoint(
     config: dict | None = None,
     src_vocab=None,
     tgt_vocab=None,
+    tokenizers: dict | None = None,
 ) -> Path:
     """Save a model (and optionally the optimizer, scheduler, run state and vocabularies).
 
@@ -128,6 +131,8 @@ def save_checkpoint(
         model: a :class:`tformer.model.Transformer` (or a DDP wrapper of one) with a ``.config``.
         config: extra JSON-able entries for ``config.json`` (tokenizer kind, training arguments).
         src_vocab, tgt_vocab: :class:`tformer.data.Vocab` objects saved as JSON.
+        tokenizers: ``{file name: tokenizer}`` for trained tokenizers with a ``.save(path)``
+            (:class:`tformer.data.BPETokenizer`), each written atomically into ``directory``.
 
     Returns:
         The directory as a ``Path``.
@@ -141,6 +146,8 @@ def save_checkpoint(
     for name, vocab in (("src_vocab.json", src_vocab), ("tgt_vocab.json", tgt_vocab)):
         if vocab is not None:
             write_json(directory / name, vocab.to_dict())
+    for name, tokenizer in (tokenizers or {}).items():
+        _atomic(directory / name, tokenizer.save)
     _atomic(directory / "model.safetensors", lambda tmp: save_model(model, tmp, {"step": step}))
     extra: dict = {"format": FORMAT, "step": int(step)}
     if optimizer is not None:
@@ -166,6 +173,47 @@ def save_checkpoint(
     extra["train"] = state.to_dict() if state is not None else None
     write_json(directory / "state.json", extra)
     return directory
+
+
+TOKENIZER_KINDS = {"word": {"src": "zh_char", "tgt": "en_word"},
+                   "bpe": {"src": "zh_char", "tgt": "bpe", "tgt_file": "tgt_tokenizer.json"}}
+
+
+def load_target_tokenizer(directory: str | os.PathLike, config: dict):
+    """The target tokenizer a checkpoint's ``config.json`` names: ``None`` for English words.
+
+    ``config["tokenizer"]`` is ``{"src": "zh_char", "tgt": "en_word"}`` (the default, also when
+    the entry is absent) or ``{"src": "zh_char", "tgt": "bpe", "tgt_file": NAME}``, in which case
+    ``NAME`` in ``directory`` is loaded as a :class:`tformer.data.BPETokenizer`.
+
+    Raises:
+        FileNotFoundError: the named tokenizer file is missing.
+        ValueError: an unknown tokenizer kind, or a tokenizer file that cannot be read.
+    """
+    from tformer.data import BPETokenizer
+
+    directory = Path(directory)
+    tok = config.get("tokenizer") or TOKENIZER_KINDS["word"]
+    if tok.get("src") != "zh_char" or tok.get("tgt") not in ("en_word", "bpe"):
+        raise ValueError(
+            f"unsupported tokenizer {tok!r} in {directory / 'config.json'}; expected source 'zh_char' "
+            "and target 'en_word' or 'bpe'"
+        )
+    if tok["tgt"] == "en_word":
+        return None
+    name = tok.get("tgt_file")
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise ValueError(f"{directory / 'config.json'}: tokenizer 'tgt_file' must be a file name, got {name!r}")
+    path = directory / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint file {path} is missing (config.json says the target side uses the BPE "
+            f"tokenizer saved in {name})"
+        )
+    try:
+        return BPETokenizer.load(path)
+    except Exception as error:  # tokenizers raises its own exception type for a bad file
+        raise ValueError(f"checkpoint file {path} is corrupt (not a tokenizers JSON file: {error})") from None
 
 
 @dataclass

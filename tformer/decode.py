@@ -192,33 +192,54 @@ TOKENIZERS = ("zh_char", "en_word")
 class Translator:
     """A trained model plus its vocabularies and tokenizers: sentences in, sentences out.
 
+    Chinese is always tokenized by character. English is tokenized by word
+    (:func:`tformer.data.tokenize_en` / :func:`tformer.data.detokenize_en`) unless a trained
+    ``tgt_tokenizer`` is given (:class:`tformer.data.BPETokenizer`, the option for real corpora;
+    the paper uses BPE / word pieces, §5.1); outputs are always detokenized text.
+
     Args:
         model: a :class:`tformer.model.Transformer`.
         src_vocab, tgt_vocab: :class:`tformer.data.Vocab`.
         device: where to run (default: the model's device).
+        tgt_tokenizer: ``None`` for English words, or an object with ``tokenize(text)`` and
+            ``detokenize(tokens)`` whose tokens are those of ``tgt_vocab``.
     """
 
-    def __init__(self, model: nn.Module, src_vocab, tgt_vocab, device: torch.device | str | None = None):
+    def __init__(self, model: nn.Module, src_vocab, tgt_vocab, device: torch.device | str | None = None,
+                 *, tgt_tokenizer=None):
         from tformer import data
 
         self.model, self.src_vocab, self.tgt_vocab = model, src_vocab, tgt_vocab
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
-        self.src_tokenize, self.detokenize = data.tokenize_zh, data.detokenize_en
+        self.tgt_tokenizer = tgt_tokenizer
+        self.src_tokenize = data.tokenize_zh
+        if tgt_tokenizer is None:
+            self.tgt_tokenize, self.detokenize = data.tokenize_en, data.detokenize_en
+        else:
+            self.tgt_tokenize, self.detokenize = tgt_tokenizer.tokenize, tgt_tokenizer.detokenize
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, device: torch.device | str | None = None):
-        """Load a checkpoint directory written by ``python -m tformer train`` (or ``save_checkpoint``)."""
-        from tformer.checkpoint import load_checkpoint
+        """Load a checkpoint directory written by ``python -m tformer train`` (or ``save_checkpoint``).
+
+        A BPE checkpoint (``--tokenizer bpe``) also loads the tokenizer file its ``config.json``
+        names; a missing file is a ``FileNotFoundError`` naming it.
+        """
+        from tformer.checkpoint import load_checkpoint, load_target_tokenizer
         from tformer.train import default_device
 
         ckpt = load_checkpoint(directory, restore_rng=False)
         if ckpt.src_vocab is None or ckpt.tgt_vocab is None:
             raise FileNotFoundError(f"checkpoint {directory} has no src_vocab.json / tgt_vocab.json")
-        tok = ckpt.config.get("tokenizer", {"src": "zh_char", "tgt": "en_word"})
-        if tok.get("src") != "zh_char" or tok.get("tgt") != "en_word":
-            raise ValueError(f"unsupported tokenizer {tok!r} in {directory}; expected zh_char → en_word")
-        return cls(ckpt.model.eval(), ckpt.src_vocab, ckpt.tgt_vocab, device or default_device())
+        tgt_tokenizer = load_target_tokenizer(directory, ckpt.config)
+        if tgt_tokenizer is not None and len(tgt_tokenizer.vocab) != len(ckpt.tgt_vocab):
+            raise ValueError(
+                f"the BPE tokenizer in {directory} knows {len(tgt_tokenizer.vocab)} tokens but "
+                f"tgt_vocab.json holds {len(ckpt.tgt_vocab)}; the files come from different runs"
+            )
+        return cls(ckpt.model.eval(), ckpt.src_vocab, ckpt.tgt_vocab, device or default_device(),
+                   tgt_tokenizer=tgt_tokenizer)
 
     def encode(self, sentences: Sequence[str]) -> torch.Tensor:
         """Tokenize and pad source sentences → ids ``(B, S)`` (unknown characters → <unk>)."""
@@ -245,7 +266,11 @@ class Translator:
         ids = list(ids)
         if self.tgt_vocab.eos_id in ids:
             ids = ids[: ids.index(self.tgt_vocab.eos_id)]
-        return self.detokenize(self.tgt_vocab.decode(ids, strip_special=True))
+        text = self.detokenize(self.tgt_vocab.decode(ids, strip_special=True))
+        if self.tgt_tokenizer is not None:
+            # a lone word-start piece "▁" decodes to an extra space; BLEU wants single spaces
+            text = " ".join(text.split())
+        return text
 
     def translate(
         self,
@@ -279,12 +304,10 @@ class Translator:
             ``(weights (T, S), source tokens, target tokens)``, where row t is the attention while
             producing target token t (the last target token is <eos>).
         """
-        from tformer import data
-
         src = self.encode([sentence])
         if translation is None:
             translation = self.translate(sentence)[0]
-        tgt_tokens = data.tokenize_en(translation)
+        tgt_tokens = self.tgt_tokenize(translation)
         ids = self.tgt_vocab.encode(tgt_tokens, add_bos=True, add_eos=True)
         tgt_in = torch.tensor([ids[:-1]], device=self.device)
         w = cross_attention(self.model, src, tgt_in)[0].mean(dim=0)  # (T, S)

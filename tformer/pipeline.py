@@ -1,6 +1,13 @@
 """The whole translation recipe in one place: data → vocabularies → batches → model → training →
 checkpoint → BLEU. The command line (``python -m tformer train``), the translation benchmark and
 the training chapter all call these functions, so their settings and numbers agree.
+
+Tokenizers: Chinese is always split by character. English is split by word by default (enough
+for the small, regular built-in corpus); ``tokenizer="bpe"`` instead trains a byte-pair encoding
+(:class:`tformer.data.BPETokenizer`) on the English side of the training split, the option for
+real corpora, where a word vocabulary grows large and leaves many test words unknown (the paper
+uses BPE / word pieces, §5.1). The source stays per character because a Chinese character is
+already a small sub-word unit and a few thousand of them cover almost any text.
 """
 
 from __future__ import annotations
@@ -14,7 +21,12 @@ from pathlib import Path
 import torch
 
 from tformer import data
-from tformer.checkpoint import load_checkpoint, save_checkpoint
+from tformer.checkpoint import (
+    TOKENIZER_KINDS,
+    load_checkpoint,
+    load_target_tokenizer,
+    save_checkpoint,
+)
 from tformer.decode import Translator
 from tformer.metrics import bleu
 from tformer.model import Transformer, TransformerConfig
@@ -98,6 +110,23 @@ def build_vocabs(train: list[data.Pair], min_freq: int = 1) -> tuple[data.Vocab,
     return src, tgt
 
 
+def build_bpe_vocabs(
+    train: list[data.Pair], vocab_size: int = 8000, min_freq: int = 1
+) -> tuple[data.Vocab, data.Vocab, data.BPETokenizer]:
+    """Chinese characters for the source, a BPE tokenizer learnt on the English side of ``train``.
+
+    Returns ``(src_vocab, tgt_vocab, tgt_tokenizer)``; ``tgt_vocab`` is ``tgt_tokenizer.vocab``,
+    so ids 0..3 are the usual specials. Merges need a pair seen at least twice.
+    """
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= len(data.SPECIALS):
+        raise ValueError(
+            f"bpe_vocab_size={vocab_size!r} must be an int > {len(data.SPECIALS)} (the special tokens)"
+        )
+    src = data.Vocab.build([data.tokenize_zh(p.src) for p in train], min_freq=min_freq)
+    tok = data.BPETokenizer.train((p.tgt for p in train), vocab_size=vocab_size)
+    return src, tok.vocab, tok
+
+
 def make_model(settings: Settings, src_vocab: data.Vocab, tgt_vocab: data.Vocab) -> Transformer:
     """A post-LN Transformer (as in the paper) with tied target embedding and output projection."""
     s = settings
@@ -110,9 +139,10 @@ def make_model(settings: Settings, src_vocab: data.Vocab, tgt_vocab: data.Vocab)
     return Transformer(config)
 
 
-def batches_for(pairs, src_vocab, tgt_vocab, settings: Settings, *, shuffle: bool, seed: int = 0):
+def batches_for(pairs, src_vocab, tgt_vocab, settings: Settings, *, shuffle: bool, seed: int = 0,
+                tgt_tokenize=data.tokenize_en):
     return data.make_batches(
-        pairs, src_vocab, tgt_vocab, data.tokenize_zh, data.tokenize_en,
+        pairs, src_vocab, tgt_vocab, data.tokenize_zh, tgt_tokenize,
         max_tokens=settings.batch_tokens, shuffle=shuffle, seed=seed, max_len=settings.max_len - 1,
     )  # fmt: skip
 
@@ -123,6 +153,8 @@ def train_translation(
     settings: Settings | None = None,
     *,
     data_source: str = "builtin",
+    tokenizer: str = "word",
+    bpe_vocab_size: int = 8000,
     resume: bool = False,
     max_steps: int | None = None,
     device: torch.device | str | None = None,
@@ -132,9 +164,18 @@ def train_translation(
     """Train a Transformer on ``splits`` and save checkpoints to ``out_dir`` after every epoch.
 
     With ``resume=True`` and a checkpoint in ``out_dir``, training continues where it stopped
-    (same batches, same dropout masks) and ends exactly where an uninterrupted run would.
+    (same batches, same dropout masks) and ends exactly where an uninterrupted run would; the
+    tokenizer is then the checkpoint's, whatever ``tokenizer`` says.
+
+    Args:
+        tokenizer: ``"word"`` (default): English words, vocabularies in ``src_vocab.json`` /
+            ``tgt_vocab.json``. ``"bpe"``: a BPE tokenizer of at most ``bpe_vocab_size`` tokens
+            is trained on the English side of ``splits["train"]`` and saved as
+            ``tgt_tokenizer.json`` in the checkpoint; Chinese stays per character either way.
     """
     s = settings or Settings()
+    if tokenizer not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer={tokenizer!r} must be one of {sorted(TOKENIZER_KINDS)}")
     if s.max_minutes is not None and not s.max_minutes > 0:
         raise ValueError(f"max_minutes={s.max_minutes} must be > 0 (leave it out for no time limit)")
     device = torch.device(device) if device is not None else default_device()
@@ -144,9 +185,14 @@ def train_translation(
         # the model and optimisation settings are the checkpoint's; the length of the run is ours
         s = replace(Settings.from_dict(ckpt.config["train"]), epochs=s.epochs, max_minutes=s.max_minutes)
         src_vocab, tgt_vocab, model = ckpt.src_vocab, ckpt.tgt_vocab, ckpt.model.to(device)
+        tgt_tokenizer = load_target_tokenizer(out_dir, ckpt.config)
+        tokenizer = "word" if tgt_tokenizer is None else "bpe"
     else:
         torch.manual_seed(s.seed)
-        src_vocab, tgt_vocab = build_vocabs(splits["train"], s.min_freq)
+        if tokenizer == "bpe":
+            src_vocab, tgt_vocab, tgt_tokenizer = build_bpe_vocabs(splits["train"], bpe_vocab_size, s.min_freq)
+        else:
+            (src_vocab, tgt_vocab), tgt_tokenizer = build_vocabs(splits["train"], s.min_freq), None
         model = make_model(s, src_vocab, tgt_vocab).to(device)
     optimizer = make_optimizer(model)
     scheduler = noam_scheduler(optimizer, s.d_model, s.warmup, s.lr_factor)
@@ -154,27 +200,35 @@ def train_translation(
         state = load_checkpoint(out_dir, model, optimizer, scheduler, device=device).state
         log(f"resuming from {out_dir} at step {state.step} (epoch {state.epoch + 1})")
     config = {
-        "tokenizer": {"src": "zh_char", "tgt": "en_word"},
+        "tokenizer": dict(TOKENIZER_KINDS[tokenizer]),
         "data": data_source,
         "train": asdict(s),
     }
+    tok_files = {}
+    tgt_tokenize = data.tokenize_en
+    if tgt_tokenizer is not None:
+        tok_files = {config["tokenizer"]["tgt_file"]: tgt_tokenizer}
+        tgt_tokenize = tgt_tokenizer.tokenize
 
     def save(st: TrainState) -> None:
         if out_dir is not None:
             save_checkpoint(out_dir, model, optimizer, scheduler, st, config=config,
-                            src_vocab=src_vocab, tgt_vocab=tgt_vocab)  # fmt: skip
+                            src_vocab=src_vocab, tgt_vocab=tgt_vocab, tokenizers=tok_files)  # fmt: skip
 
-    valid = batches_for(splits["valid"], src_vocab, tgt_vocab, s, shuffle=False) if splits.get("valid") else None
+    def batches(pairs, **kw):
+        return batches_for(pairs, src_vocab, tgt_vocab, s, tgt_tokenize=tgt_tokenize, **kw)
+
+    valid = batches(splits["valid"], shuffle=False) if splits.get("valid") else None
     state = fit(
         model,
-        lambda epoch: batches_for(splits["train"], src_vocab, tgt_vocab, s, shuffle=True, seed=s.seed * 1000 + epoch),
+        lambda epoch: batches(splits["train"], shuffle=True, seed=s.seed * 1000 + epoch),
         valid,
         epochs=s.epochs, loss_fn=LabelSmoothingLoss(s.smoothing, ignore_index=tgt_vocab.pad_id),
         optimizer=optimizer, scheduler=scheduler, state=state, device=device, clip_norm=s.clip_norm,
         amp_dtype=autocast_dtype(device), max_minutes=s.max_minutes, max_steps=max_steps,
         on_checkpoint=save, progress=progress, log=log,
     )  # fmt: skip
-    return Translator(model.eval(), src_vocab, tgt_vocab, device), state
+    return Translator(model.eval(), src_vocab, tgt_vocab, device, tgt_tokenizer=tgt_tokenizer), state
 
 
 def evaluate_bleu(
