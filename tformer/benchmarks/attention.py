@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tformer.attention import MultiHeadAttention
-from tformer.benchmarks import hardware_note, time_pair
+from tformer.benchmarks import hardware_note, print_result, time_pair
 
 # (B, T, d_model, h, causal)
 FULL_SIZES = [
@@ -98,7 +98,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    result = run()
-    print(result["summary"])
-    for row in result["table"]:
-        print(row)
+    print_result(run())

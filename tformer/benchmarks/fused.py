@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from tformer.attention import causal_mask, fused_attention, scaled_dot_product_attention
-from tformer.benchmarks import hardware_note, time_pair
+from tformer.benchmarks import hardware_note, print_result, time_pair
 
 B, H, D_K = 4, 8, 64
 FULL_T = [64, 128, 256, 512, 1024]
@@ -81,7 +81,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    result = run()
-    print(result["summary"])
-    for row in result["table"]:
-        print(row)
+    print_result(run())

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tformer.benchmarks import hardware_note, time_pair
+from tformer.benchmarks import hardware_note, print_result, time_pair
 from tformer.model import Transformer, TransformerConfig, count_parameters
 from tformer.positional import PositionalEncoding
 
@@ -139,7 +139,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    result = run()
-    print(result["summary"])
-    for row in result["table"]:
-        print(row)
+    print_result(run())

@@ -9,7 +9,6 @@ minutes of training on 2 CPU cores, in ≤ 2 GB.
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import sys
@@ -19,6 +18,7 @@ import time
 import torch
 
 from tformer import data
+from tformer.benchmarks import print_result
 from tformer.pipeline import Settings, evaluate_bleu, train_translation
 
 
@@ -77,9 +77,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main() -> None:
-    result = run(quick="--quick" in sys.argv[1:])
-    print(result["summary"])
-    print(json.dumps(result["metrics"], indent=1))
+    print_result(run(quick="--quick" in sys.argv[1:]))
 
 
 if __name__ == "__main__":
