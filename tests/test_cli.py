@@ -253,3 +253,20 @@ def test_bad_tokenizer_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="bpe_vocab_size=4"):
         build_bpe_vocabs(data.load_builtin("train")[:10], vocab_size=4)
     assert not (tmp_path / "o").exists()
+
+
+def test_default_threads_follow_the_idle_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from tformer.__main__ import _idle_threads
+
+    default = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # quiet machine
+    assert _idle_threads() == min(default, 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # one core busy elsewhere
+    assert _idle_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 7.0, 7.0))  # overloaded: never below 1
+    assert _idle_threads() == 1

@@ -16,6 +16,7 @@ by character. ``translate`` and ``evaluate`` find the tokenizer in the checkpoin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -104,8 +105,9 @@ def _parser() -> argparse.ArgumentParser:
 
     for sp in (t, tr, e):
         sp.add_argument("--threads", type=_positive_int, default=None,
-                        help="CPU threads for torch (default: torch's choice); on a machine shared "
-                        "with other jobs, 1 is often much faster than oversubscribed cores")
+                        help="CPU threads for torch (default: torch's choice, lowered to the cores "
+                        "that other work leaves idle, judged by the 1-minute load average); on a "
+                        "shared machine oversubscribed cores are several times slower than 1 thread")
     sub.add_parser("bench", help="run the benchmarks (tformer.benchmarks); --help for its options",
                    add_help=False)
     return p
@@ -170,15 +172,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads if args.threads is not None else _idle_threads())
     try:
         return {"train": _train, "translate": _translate, "evaluate": _evaluate}[args.command](args)
     except (CLIError, ValueError, TypeError, FileNotFoundError) as error:
         print(f"tformer {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _idle_threads() -> int:
+    """torch's default thread count, lowered to the number of cores other processes leave idle.
+
+    OpenMP threads that share a busy core wait for one another at every synchronisation point: on
+    2 cores with another busy process, a small Transformer's training step took 343 ms with 2
+    threads and 113 ms with 1 (measured here), so a busy machine is better served by fewer threads.
+    """
+    import torch
+
+    default = torch.get_num_threads()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows)
+        return default
+    idle = round((os.cpu_count() or default) - busy)
+    return max(1, min(default, idle))
 
 
 if __name__ == "__main__":
