@@ -124,8 +124,11 @@ def hardware_note() -> str:
     return f"Absolute times were measured on {describe_machine(machine_info())}."
 
 
-def print_result(result: dict) -> None:
-    """Print one benchmark's result for a reader running its module as a script."""
+def print_result(result: dict, as_json: bool = False) -> None:
+    """Print one benchmark's result for a reader running its module as a script (or as JSON)."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
     print(result["title"])
     print(result["summary"])
     for row in result["table"]:

@@ -20,7 +20,6 @@ cores); they are quoted, not measured in this run. Run ``python -m tformer.bench
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -201,11 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, data=args.data, seed=args.seed, threads=args.threads)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    print_result(result)
+    print_result(run(quick=args.quick, data=args.data, seed=args.seed, threads=args.threads), as_json=args.json)
 
 
 if __name__ == "__main__":

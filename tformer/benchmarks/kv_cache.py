@@ -12,7 +12,6 @@ Run ``python -m tformer.benchmarks.kv_cache``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
@@ -74,11 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="32 new tokens instead of 256")
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    print_result(result)
+    print_result(run(quick=args.quick), as_json=args.json)
 
 
 if __name__ == "__main__":
