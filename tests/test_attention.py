@@ -1,4 +1,4 @@
-"""tformer.attention against hand-computed values and PyTorch's own attention."""
+"""tformer.nn.attention against hand-computed values and PyTorch's own attention."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tformer.attention import (
+from tformer.masks import causal_mask, padding_mask
+from tformer.nn.attention import (
     KVCache,
     MultiHeadAttention,
-    causal_mask,
     fused_attention,
-    padding_mask,
     scaled_dot_product_attention,
 )
 

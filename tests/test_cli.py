@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tformer import data
+from tformer.data.corpus import load_builtin
+from tformer.data.text import BPETokenizer
 from tformer.__main__ import main
 
 TINY = ["--d-model", "32", "--num-heads", "2", "--num-layers", "1", "--dim-feedforward", "64",
@@ -17,7 +18,7 @@ TINY = ["--d-model", "32", "--num-heads", "2", "--num-layers", "1", "--dim-feedf
 
 def _tatoeba_file(path, n: int = 400, bad_line: bool = False):
     """A Tatoeba-format file (English<TAB>Chinese<TAB>attribution, BOM, blank lines) from the corpus."""
-    pairs = data.load_builtin("train")[:n]
+    pairs = load_builtin("train")[:n]
     lines = [f"{p.tgt}\t{p.src}\tCC-BY 2.0 (France) Attribution: tformer built-in #{i}"
              for i, p in enumerate(pairs)]
     if bad_line:
@@ -156,7 +157,7 @@ def trained_bpe(tmp_path_factory):
 
 
 def test_word_tokenizer_stays_the_default_and_writes_no_tokenizer_file(trained):
-    from tformer.checkpoint import read_json
+    from tformer.training.checkpoint import read_json
 
     _, out = trained
     assert read_json(out / "config.json")["tokenizer"] == {"src": "zh_char", "tgt": "en_word"}
@@ -164,7 +165,7 @@ def test_word_tokenizer_stays_the_default_and_writes_no_tokenizer_file(trained):
 
 
 def test_bpe_checkpoint_saves_the_tokenizer_and_config_names_it(trained_bpe, tmp_path):
-    from tformer.checkpoint import read_json
+    from tformer.training.checkpoint import read_json
 
     tsv, out = trained_bpe
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "optimizer.safetensors",
@@ -174,7 +175,7 @@ def test_bpe_checkpoint_saves_the_tokenizer_and_config_names_it(trained_bpe, tmp
     config = read_json(out / "config.json")
     assert config["tokenizer"] == {"src": "zh_char", "tgt": "bpe", "tgt_file": "tgt_tokenizer.json"}
     # round trip: the saved tokenizer reloads with the ids of tgt_vocab.json and saves back unchanged
-    tok = data.BPETokenizer.load(out / "tgt_tokenizer.json")
+    tok = BPETokenizer.load(out / "tgt_tokenizer.json")
     assert tok.vocab.to_dict() == read_json(out / "tgt_vocab.json")
     assert 50 < len(tok) <= 300
     tok.save(tmp_path / "again.json")
@@ -186,7 +187,7 @@ def test_bpe_checkpoint_saves_the_tokenizer_and_config_names_it(trained_bpe, tmp
 
 
 def test_bpe_checkpoint_translates_and_evaluates_on_detokenized_text(trained_bpe, capsys):
-    from tformer.decode import Translator
+    from tformer.recipes.translation import Translator
 
     tsv, out = trained_bpe
     assert main(["evaluate", "--checkpoint", str(out), "--data", str(tsv)]) == 0
@@ -197,7 +198,7 @@ def test_bpe_checkpoint_translates_and_evaluates_on_detokenized_text(trained_bpe
     assert len(lines) == 2
     translator = Translator.from_checkpoint(out, device="cpu")
     assert translator.tgt_tokenizer is not None
-    hyps = translator.translate([p.src for p in data.load_builtin("train")[:20]])
+    hyps = translator.translate([p.src for p in load_builtin("train")[:20]])
     for hyp in hyps + lines:  # text, not pieces: no word-start marks, single spaces
         assert "▁" not in hyp and "  " not in hyp and hyp == hyp.strip()
     assert any(" " in hyp for hyp in hyps)
@@ -208,7 +209,7 @@ def test_bpe_checkpoint_translates_and_evaluates_on_detokenized_text(trained_bpe
 def test_resume_keeps_the_bpe_tokenizer_of_the_checkpoint(trained_bpe, tmp_path, capsys):
     import shutil
 
-    from tformer.checkpoint import read_json
+    from tformer.training.checkpoint import read_json
 
     tsv, out = trained_bpe
     shutil.copytree(out, tmp_path / "ck")
@@ -240,7 +241,7 @@ def test_missing_or_corrupt_bpe_tokenizer_file_is_a_clear_error(trained_bpe, tmp
 
 
 def test_bad_tokenizer_arguments_are_refused(tmp_path, capsys):
-    from tformer.pipeline import build_bpe_vocabs, train_translation
+    from tformer.recipes.translation import build_bpe_vocabs, train_translation
 
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(tmp_path / "o"), "--tokenizer", "sentencepiece"])
@@ -251,7 +252,7 @@ def test_bad_tokenizer_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="tokenizer='char' must be one of"):
         train_translation({"train": []}, None, tokenizer="char")
     with pytest.raises(ValueError, match="bpe_vocab_size=4"):
-        build_bpe_vocabs(data.load_builtin("train")[:10], vocab_size=4)
+        build_bpe_vocabs(load_builtin("train")[:10], vocab_size=4)
     assert not (tmp_path / "o").exists()
 
 

@@ -1,4 +1,4 @@
-"""Tests for tformer.corpus (the built-in Chinese→English corpus) and tformer.data."""
+"""Tests for tformer.data.corpus (the built-in Chinese→English corpus) and tformer.data.text."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import zipfile
 import pytest
 import torch
 
-from tformer import corpus
-from tformer.corpus import (
+from tformer.data.corpus import ATTRIBUTIVE, HAVE, HELD_OUT_PAIRS, _pool, builtin_clause, combination_key, uses_held_out_pair
+from tformer.data.batches import make_batches, padding_fraction
+from tformer.data.corpus import (
     FEELINGS,
     GO,
     NAMES,
@@ -22,23 +23,20 @@ from tformer.corpus import (
     VERBS,
     Clause,
     NounPhrase,
+    Pair,
+    builtin_splits,
+    generate_pairs,
     kin_person,
+    load_builtin,
     render,
 )
-from tformer.data import (
+from tformer.data.sources import download_tatoeba, read_tsv_pairs
+from tformer.data.text import (
     SPECIALS,
     BPETokenizer,
-    Pair,
     TranslationData,
     Vocab,
-    builtin_splits,
     detokenize_en,
-    download_tatoeba,
-    generate_pairs,
-    load_builtin,
-    make_batches,
-    padding_fraction,
-    read_tsv_pairs,
     tokenize_en,
     tokenize_zh,
 )
@@ -102,7 +100,7 @@ def test_design_examples_translate_exactly():
                                             "They are reading a book in the library.")
     assert render(Clause("go", who("我"), "future", GO, place=place("上海"),
                          time=time_("明天")))[:2] == ("我明天会去上海。", "I will go to Shanghai tomorrow.")
-    assert render(Clause("have", who("小明"), "habitual", corpus.HAVE,
+    assert render(Clause("have", who("小明"), "habitual", HAVE,
                          NounPhrase(noun("车"), "bare"), negative=True))[:2] == (
         "小明没有车。", "Xiaoming does not have a car.")
 
@@ -123,8 +121,8 @@ def test_numbers_and_measure_words_become_english_plurals(np_args, english):
 
 
 def test_article_follows_the_adjective_sound():
-    old = next(a for a in corpus.ATTRIBUTIVE if a.en == "old")
-    red = next(a for a in corpus.ATTRIBUTIVE if a.en == "red")
+    old = next(a for a in ATTRIBUTIVE if a.en == "old")
+    red = next(a for a in ATTRIBUTIVE if a.en == "red")
     assert NounPhrase(noun("车"), "num", 1, old).zh() == "一辆旧车"
     assert NounPhrase(noun("车"), "num", 1, old).en() == "an old car"
     assert NounPhrase(noun("车"), "num", 2, red).zh() == "两辆红色的车"
@@ -189,8 +187,8 @@ def test_split_sizes_and_cache():
 
 
 def test_test_combinations_never_occur_in_training():
-    clause_of = {pair.src: c for c, pair in corpus._pool()}
-    keys = {name: {corpus.combination_key(clause_of[p.src]) for p in load_builtin(name)}
+    clause_of = {pair.src: c for c, pair in _pool()}
+    keys = {name: {combination_key(clause_of[p.src]) for p in load_builtin(name)}
             for name in ("train", "valid", "test")}
     assert not keys["test"] & keys["train"]
     assert not keys["valid"] & keys["train"]
@@ -204,13 +202,13 @@ def test_test_combinations_never_occur_in_training():
                 out.add((c.verb.zh, c.obj.noun.zh))
         return out
 
-    assert not vo_pairs("train") & corpus.HELD_OUT_PAIRS
-    assert len(vo_pairs("test") & corpus.HELD_OUT_PAIRS) == len(corpus.HELD_OUT_PAIRS)
-    assert sum(map(corpus.uses_held_out_pair, (p.src for p in load_builtin("test")))) == 200
-    assert corpus.builtin_clause(load_builtin("test")[0].src).kind in ("act", "go", "have",
+    assert not vo_pairs("train") & HELD_OUT_PAIRS
+    assert len(vo_pairs("test") & HELD_OUT_PAIRS) == len(HELD_OUT_PAIRS)
+    assert sum(map(uses_held_out_pair, (p.src for p in load_builtin("test")))) == 200
+    assert builtin_clause(load_builtin("test")[0].src).kind in ("act", "go", "have",
                                                                        "describe", "feel")
     with pytest.raises(ValueError, match="not a sentence of the built-in corpus"):
-        corpus.builtin_clause("我是猫。")
+        builtin_clause("我是猫。")
 
 
 def test_every_test_token_is_in_the_training_vocabulary(builtin_data):

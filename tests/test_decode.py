@@ -9,10 +9,13 @@ import pytest
 import sacrebleu
 import torch
 
-from tformer import data
-from tformer.decode import Translator, beam_search, cross_attention, greedy_decode, length_penalty
+from tformer.data.corpus import load_builtin
+from tformer.data.text import Vocab, tokenize_en, tokenize_zh
+from tformer.inference.attention_maps import cross_attention
+from tformer.inference.generation import beam_search, greedy_decode, length_penalty
 from tformer.metrics import bleu, corpus_bleu, sentence_bleu
-from tformer.model import Transformer, TransformerConfig
+from tformer.nn.transformer import Transformer, TransformerConfig
+from tformer.recipes.translation import Translator
 
 
 def _model(V: int = 23, seed: int = 0, max_len: int = 32) -> Transformer:
@@ -134,9 +137,9 @@ def test_cross_attention_rows_are_distributions_over_real_source_tokens():
 
 @pytest.fixture(scope="module")
 def translator() -> Translator:
-    pairs = data.load_builtin("train")[:50]
-    sv = data.Vocab.build([data.tokenize_zh(p.src) for p in pairs])
-    tv = data.Vocab.build([data.tokenize_en(p.tgt) for p in pairs])
+    pairs = load_builtin("train")[:50]
+    sv = Vocab.build([tokenize_zh(p.src) for p in pairs])
+    tv = Vocab.build([tokenize_en(p.tgt) for p in pairs])
     torch.manual_seed(0)
     cfg = TransformerConfig(len(sv), len(tv), d_model=16, num_heads=2, num_encoder_layers=1,
                             num_decoder_layers=1, dim_feedforward=32, max_len=24)
@@ -144,7 +147,7 @@ def translator() -> Translator:
 
 
 def test_translator_maps_unknown_characters_to_unk_instead_of_crashing(translator):
-    known = data.load_builtin("train")[0].src[:3]
+    known = load_builtin("train")[0].src[:3]
     src = translator.encode([known + "龘龘"])
     assert (src == translator.src_vocab.unk_id).sum() == 2
     out = translator.translate([known + "龘龘", "他"], beam_size=2)

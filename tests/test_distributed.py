@@ -10,17 +10,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from tformer import distributed
-from tformer.distributed import (
-    DistInfo,
-    GlobalMeanLoss,
-    autocast_context,
-    init_distributed,
-    make_grad_scaler,
-    pick_device,
-    shard,
-    wrap_ddp,
-)
+from tformer.training.distributed import TORCHRUN_ENV, rank_losses, shard
+from tformer.runtime import autocast_context, make_grad_scaler, pick_device
+from tformer.training.distributed import DistInfo, init_distributed, shard, wrap_ddp
+from tformer.training.objectives import GlobalMeanLoss
 
 HAS_GLOO = dist.is_available() and dist.is_gloo_available()
 needs_gloo = pytest.mark.skipif(not HAS_GLOO, reason="torch.distributed with the gloo backend is not available")
@@ -94,7 +87,7 @@ def test_grad_scaler_is_a_pass_through_off_cuda():
 
 
 def _clear_torchrun_env(monkeypatch):
-    for name in distributed.TORCHRUN_ENV:
+    for name in TORCHRUN_ENV:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -104,7 +97,7 @@ def test_init_without_torchrun_env_says_how_to_launch(monkeypatch):
         init_distributed()
     message = str(info.value)
     assert "missing: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT" in message
-    assert "torchrun --standalone --nproc_per_node=2 -m tformer.ddp_train" in message
+    assert "torchrun --standalone --nproc_per_node=2 -m tformer.recipes.ddp_demo" in message
 
 
 def test_init_with_partial_env_names_only_the_missing_variables(monkeypatch):
@@ -136,10 +129,10 @@ def test_init_rejects_unknown_backend(monkeypatch):
 
 
 def test_ddp_train_without_torchrun_prints_the_launch_command(monkeypatch, capsys, tmp_path):
-    from tformer import ddp_train
+    from tformer.recipes.ddp_demo import main
 
     _clear_torchrun_env(monkeypatch)
-    assert ddp_train.main(["--out", str(tmp_path)]) == 2
+    assert main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "missing: RANK" in err and "torchrun --standalone --nproc_per_node=2" in err
     assert not (tmp_path / "loss.json").exists()
@@ -198,7 +191,7 @@ def test_global_mean_loss_on_one_process_is_the_mean_over_real_tokens():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)
     target = torch.tensor([[3, 4, 5, 0, 0], [1, 2, 3, 4, 6]])  # 0 = padding: 8 real tokens
-    from tformer.train import LabelSmoothingLoss
+    from tformer.training.objectives import LabelSmoothingLoss
 
     loss = GlobalMeanLoss(LabelSmoothingLoss(0.0, ignore_index=0, reduction="sum"), ignore_index=0)(logits, target)
     expected = nn.functional.cross_entropy(logits.reshape(-1, 7), target.reshape(-1), ignore_index=0)
@@ -224,10 +217,10 @@ def test_global_mean_loss_requires_a_summed_loss():
 
 @needs_gloo
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
-    from tformer.ddp_train import RunConfig, train_curve
+    from tformer.recipes.ddp_demo import RunConfig, train_curve
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "tformer.ddp_train", "--steps", "20", "--global-batch", "16", "--out", str(tmp_path)]
+           "-m", "tformer.recipes.ddp_demo", "--steps", "20", "--global-batch", "16", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "loss.json").read_text())
@@ -244,42 +237,42 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 
 
 def _run_checker(name, fn, capsys):
-    from tformer.exercises import check
+    from tformer.course.exercises import check
 
     ok = check(name, fn)
     return ok, capsys.readouterr().out
 
 
 def test_shard_checker_accepts_a_strided_solution_and_rejects_uneven_or_contiguous_shards(capsys):
-    ok, out = _run_checker("distributed.shard", lambda items, r, w: list(items[r : len(items) - len(items) % w : w]), capsys)
+    ok, out = _run_checker("shard", lambda items, r, w: list(items[r : len(items) - len(items) % w : w]), capsys)
     assert ok and "all 5 cases pass" in out
-    ok, out = _run_checker("distributed.shard", lambda items, r, w: list(items[r::w]), capsys)  # keeps the tail
+    ok, out = _run_checker("shard", lambda items, r, w: list(items[r::w]), capsys)  # keeps the tail
     assert not ok and "sizes [4, 4, 3]" in out and "same number of items" in out
     ok, out = _run_checker(
-        "distributed.shard", lambda items, r, w: list(items[r * (len(items) // w) : (r + 1) * (len(items) // w)]), capsys
+        "shard", lambda items, r, w: list(items[r * (len(items) // w) : (r + 1) * (len(items) // w)]), capsys
     )
     assert not ok and "every world_size-th item" in out
 
 
 def test_rank_losses_checker_accepts_global_normalisation_and_names_the_mean_of_means(capsys):
-    ok, out = _run_checker("distributed.rank_losses", lambda s, n: len(n) * s / n.sum(), capsys)
+    ok, out = _run_checker("rank_losses", lambda s, n: len(n) * s / n.sum(), capsys)
     assert ok and "all 4 cases pass" in out
-    ok, out = _run_checker("distributed.rank_losses", lambda s, n: s / n, capsys)
+    ok, out = _run_checker("rank_losses", lambda s, n: s / n, capsys)
     assert not ok and "mean of the per-process means" in out
-    ok, out = _run_checker("distributed.rank_losses", lambda s, n: s / n.sum(), capsys)  # forgot × W
+    ok, out = _run_checker("rank_losses", lambda s, n: s / n.sum(), capsys)  # forgot × W
     assert not ok and "must be Σ S_r / Σ n_r" in out
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"dtype": "half"}, "dtype='half'"), ({"steps": 0}, "steps=0")])
 def test_ddp_run_config_rejects_bad_values(kwargs, match):
-    from tformer.ddp_train import RunConfig
+    from tformer.recipes.ddp_demo import RunConfig
 
     with pytest.raises(ValueError, match=match):
         RunConfig(**kwargs)
 
 
 def test_ddp_train_rejects_a_global_batch_that_does_not_split_evenly():
-    from tformer.ddp_train import RunConfig, _build, train_curve
+    from tformer.recipes.ddp_demo import RunConfig, _build, train_curve
 
     with pytest.raises(ValueError, match="global_batch=15 must be divisible by the number of processes"):
         _build(RunConfig(steps=1, global_batch=15), rank=0, world_size=2)

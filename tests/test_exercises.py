@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from tformer.exercises import CheckFailed, available, check
-from tformer.exercises import attention as ex
+from tformer.course.exercises import CheckFailed, available, check
+from tformer.course.exercises import attention as ex
 
 # --- reference solutions, written the way a reader would ---------------------------------------
 
@@ -126,8 +126,9 @@ def test_reference_solutions_pass(name, fn, capsys):
 
 
 def test_package_functions_pass_their_own_checks():
-    from tformer.attention import causal_mask, scaled_dot_product_attention
-    from tformer.positional import sinusoidal_encoding
+    from tformer.masks import causal_mask
+    from tformer.nn.attention import scaled_dot_product_attention
+    from tformer.nn.positional import sinusoidal_encoding
 
     assert run("attention.scaled_dot_product", scaled_dot_product_attention) == 4
     assert run("attention.causal_mask", causal_mask) == 3

@@ -9,21 +9,15 @@ import torch.nn.functional as F
 
 from tformer.benchmarks import gpt as gpt_bench
 from tformer.benchmarks import kv_cache as kv_bench
-from tformer.exercises import CheckFailed, check
-from tformer.exercises.gpt import CHECKS
-from tformer.gpt import (
-    GPT,
-    CharTokenizer,
-    GPTConfig,
-    course_text,
-    evaluate_loss,
-    load_text,
-    random_windows,
-    sample,
-    top_k_filter,
-    top_p_filter,
-    warmup_cosine_lr,
-)
+from tformer.course.exercises import CheckFailed, check
+from tformer.course.exercises.gpt import CHECKS
+from tformer.data.batches import random_windows
+from tformer.data.sources import course_text, load_text
+from tformer.data.text import CharTokenizer
+from tformer.inference.generation import sample, top_k_filter, top_p_filter
+from tformer.nn.gpt import GPT, GPTConfig
+from tformer.recipes.language_model import evaluate_loss
+from tformer.training.optim import warmup_cosine_lr
 
 NEG_INF = float("-inf")
 

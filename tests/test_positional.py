@@ -1,4 +1,4 @@
-"""tformer.positional against the formulas of §3.5 and their properties."""
+"""tformer.nn.positional against the formulas of §3.5 and their properties."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tformer.positional import (
+from tformer.nn.positional import (
     LearnedPositionalEmbedding,
     PositionalEncoding,
     RotaryEmbedding,

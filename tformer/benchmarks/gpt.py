@@ -20,6 +20,7 @@ cores); they are quoted, not measured in this run. Run ``python -m tformer.bench
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -27,25 +28,20 @@ from pathlib import Path
 import torch
 
 from tformer.benchmarks import print_result
-from tformer.gpt import (
-    GPT,
-    CharTokenizer,
-    GPTConfig,
+from tformer.data.batches import random_windows
+from tformer.data.sources import load_text, tiny_shakespeare
+from tformer.nn.gpt import GPT
+from tformer.recipes.language_model import (
+    CharLMSettings,
     evaluate_loss,
-    load_text,
-    random_windows,
-    warmup_cosine_lr,
+    new_char_gpt,
+    split_text,
+    train_char_lm,
 )
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
 
 # nanoGPT (karpathy/nanoGPT), baby shakespeare_char run on CPU, measured on this machine class.
 REFERENCE = {"val_loss": 1.8857, "ms_per_iter": 33.0, "wall_s": 72.0, "peak_mib": 365.0}
 
-SETTINGS = dict(
-    block_size=64, batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
-    weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0,
-)
 
 
 def run(
@@ -53,21 +49,15 @@ def run(
 ) -> dict:
     """Train the baby GPT (2000 iterations; ~20 with ``quick``) and evaluate it.
 
-    Returns the benchmark dict; with the data file missing, a dict whose ``skipped`` says why.
+    ``data``: a text file instead of the Tiny Shakespeare copy shipped in the package.
     """
-    path = Path(data) if data is not None else DATA
     title = "GPT vs nanoGPT (Tiny Shakespeare, char level, CPU baby run)"
-    if not path.is_file():
-        return {
-            "title": title, "skipped": f"data file not found: {path}",
-            "summary": f"skipped: {path} not found (pass --data)", "hardware_note": "",
-            "metrics": {}, "table": [],
-        }
+    text = tiny_shakespeare() if data is None else load_text(data)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(path, quick, seed, title)
+        return _run(text, quick, seed, title)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -111,41 +101,21 @@ def _nanogpt_style_estimates(
     return values.mean().item(), values.std().item()
 
 
-def _run(path: Path, quick: bool, seed: int, title: str) -> dict:
+def _run(text: str, quick: bool, seed: int, title: str) -> dict:
     _reset_peak()
-    s = dict(SETTINGS)
-    iters = 20 if quick else s["max_iters"]
+    s = CharLMSettings(steps=CharLMSettings.steps, seed=seed)
+    iters = 20 if quick else s.steps
     torch.manual_seed(seed)
-    text = load_text(path)
-    tok = CharTokenizer.from_text(text)
-    ids = tok.encode(text)
-    split = int(0.9 * len(ids))
-    train_ids, val_ids = ids[:split], ids[split:]
+    tok, train_ids, val_ids = split_text(text)
     if quick:
         val_ids = val_ids[:20_000]
-    block, batch = s["block_size"], s["batch_size"]
-    config = GPTConfig(
-        vocab_size=tok.vocab_size, block_size=block, num_layers=4, num_heads=4, d_model=128,
-        dropout=0.0, bias=False,
-    )
-    model = GPT(config)
-    opt = model.configure_optimizer(s["lr"], s["weight_decay"], s["betas"])
-    gen = torch.Generator().manual_seed(seed)
-    params = list(model.parameters())
-    losses = torch.empty(iters)
-    model.train()
+    block, batch = s.block_size, s.batch_size
+    model = new_char_gpt(tok, block_size=block, num_layers=4, num_heads=4, d_model=128,
+                         dropout=0.0, bias=False)
     t0 = time.perf_counter()
-    for it in range(iters):
-        lr = warmup_cosine_lr(it, s["lr"], s["min_lr"], s["warmup_iters"], s["max_iters"])
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y = random_windows(train_ids, block, batch, gen)  # (B, block) each
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, s["grad_clip"])
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses[it] = loss.detach()
+    # the schedule always spans the full 2000 steps; quick runs stop after the first 20
+    state = train_char_lm(model, train_ids, s, max_steps=iters)
+    losses = torch.tensor(state.history["step_loss"])
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     val_loss = evaluate_loss(model, val_ids, batch_size=64)  # small batches keep the peak memory low
@@ -188,14 +158,15 @@ def _run(path: Path, quick: bool, seed: int, title: str) -> dict:
             "speed_ratio_vs_reference": REFERENCE["ms_per_iter"] / ms_per_iter,
         },
         "table": table,
-        "settings": {**s, "max_iters": iters, "eval": "whole validation split, non-overlapping windows"},
+        "settings": {**dataclasses.asdict(s), "steps_run": iters,
+                     "eval": "whole validation split, non-overlapping windows"},
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about 20 iterations")
-    parser.add_argument("--data", default=None, help=f"text file (default {DATA})")
+    parser.add_argument("--data", default=None, help="text file (default: Tiny Shakespeare, shipped)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")

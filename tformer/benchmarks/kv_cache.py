@@ -18,7 +18,7 @@ import time
 import torch
 
 from tformer.benchmarks import print_result
-from tformer.gpt import GPT, GPTConfig
+from tformer.nn.gpt import GPT, GPTConfig
 
 
 def _time_generate(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool):

@@ -1,4 +1,4 @@
-"""Training throughput of ``tformer.model.Transformer`` against ``torch.nn.Transformer``.
+"""Training throughput of ``tformer.nn.transformer.Transformer`` against ``torch.nn.Transformer``.
 
 Both models have the same sizes (post-LN, as in the paper), the same embeddings × √d_model,
 sinusoidal positions and a generator tied to the target embedding; both train with Adam and
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tformer.benchmarks import hardware_note, print_result, time_pair
-from tformer.model import Transformer, TransformerConfig, count_parameters
-from tformer.positional import PositionalEncoding
+from tformer.nn.positional import PositionalEncoding
+from tformer.nn.transformer import Transformer, TransformerConfig, count_parameters
 
 PAD = 0
 # name -> (d_model, h, N, d_ff, vocab, batch, length)
@@ -120,7 +120,7 @@ def run(quick: bool = False) -> dict:
     ratios = [r["ratio"] for r in rows]
     span = f"{ratios[0]:.2f}" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}"
     return {
-        "title": "Training speed: tformer.model.Transformer vs torch.nn.Transformer",
+        "title": "Training speed: tformer.nn.transformer.Transformer vs torch.nn.Transformer",
         "summary": (
             f"tformer trains at {span}x the tokens/s of torch.nn.Transformer "
             f"of the same size (Adam, dropout 0.1, post-LN; 1.00 = as fast)"

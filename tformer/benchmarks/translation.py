@@ -1,7 +1,7 @@
 """Translation benchmark: train the CLI's default model on the built-in corpus, report test BLEU.
 
 ``python -m tformer.benchmarks.translation`` trains exactly what ``python -m tformer train --data
-builtin`` trains (same :class:`tformer.pipeline.Settings`, a 3-minute limit), then translates the
+builtin`` trains (same :class:`tformer.recipes.translation.Settings`, a 3-minute limit), then translates the
 held-out test split greedily and with beam search and scores it with sacrebleu. It prints target
 tokens per second and the peak resident memory of the process. The goal: BLEU ≥ 90 after ≤ 3
 minutes of training on 2 CPU cores, in ≤ 2 GB.
@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from tformer import data
+from tformer.data.corpus import builtin_splits
 from tformer.benchmarks import print_result
-from tformer.pipeline import Settings, evaluate_bleu, train_translation
+from tformer.recipes.translation import Settings, evaluate_bleu, train_translation
 
 
 def _peak_rss_mb() -> float:
@@ -29,7 +29,7 @@ def _peak_rss_mb() -> float:
 
 def run(quick: bool = False) -> dict:
     """Train (≤ 3 minutes; ``quick``: a few seconds on a small slice) and measure BLEU."""
-    splits = data.builtin_splits()
+    splits = builtin_splits()
     settings = Settings()
     test = splits["test"]
     if quick:

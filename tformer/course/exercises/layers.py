@@ -1,7 +1,7 @@
 """Checkers for the exercises of chapters 5–7: the FFN, encoder and decoder layers, parameter counts.
 
-Every checker compares the reader's function with the package (``tformer.layers``,
-``tformer.model``) on a few cases. On a failure it also computes the usual wrong versions
+Every checker compares the reader's function with the package (``tformer.nn.layers``,
+``tformer.nn.transformer``) on a few cases. On a failure it also computes the usual wrong versions
 (ReLU forgotten, pre-LN written for post-LN, residual left out, biases not counted, …) and, when
 the reader's answer equals one of them, the hint names that mistake.
 """
@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tformer.attention import causal_mask, padding_mask
-from tformer.exercises import CheckFailed
-from tformer.layers import DecoderLayer, EncoderLayer
-from tformer.model import Transformer, TransformerConfig, count_parameters
+from tformer.course.exercises import CheckFailed
+from tformer.masks import causal_mask, padding_mask
+from tformer.nn.layers import DecoderLayer, EncoderLayer
+from tformer.nn.transformer import Transformer, TransformerConfig, count_parameters
 
 ATOL = 1e-5
 

@@ -1,10 +1,10 @@
-"""Figure 1 of Vaswani et al. (2017) redrawn from a live :class:`~tformer.model.Transformer`.
+"""Figure 1 of Vaswani et al. (2017) redrawn from a live :class:`~tformer.nn.transformer.Transformer`.
 
 Every box is labelled with the attribute path of the module that computes it (``src_embed``,
 ``encoder.layers[i].self_attn``, ``generator``, …) and with sizes read from the model itself, so
 the picture changes when the model does: pre-LN models (``norm_first=True``) get their
 LayerNorms before each sub-layer and a final LayerNorm per stack, tied weights are marked.
-``tformer.viz.draw_architecture`` is this function.
+``tformer.course.viz.draw_architecture`` is this function.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def draw_architecture(model: Any, ax: Axes | None = None) -> Figure:
     """Draw the encoder–decoder of ``model`` in the layout of the paper's Figure 1.
 
     Args:
-        model: a :class:`tformer.model.Transformer` (any sizes, post-LN or pre-LN).
+        model: a :class:`tformer.nn.transformer.Transformer` (any sizes, post-LN or pre-LN).
         ax: axes to draw into; a new figure is made when None.
 
     Returns:
@@ -102,7 +102,7 @@ def draw_architecture(model: Any, ax: Axes | None = None) -> Figure:
     for attr in ("encoder", "decoder", "src_embed", "tgt_embed", "generator", "config"):
         if not hasattr(model, attr):
             raise TypeError(
-                f"model must be a tformer.model.Transformer (it has no .{attr}), got {type(model).__name__}"
+                f"model must be a tformer.nn.transformer.Transformer (it has no .{attr}), got {type(model).__name__}"
             )
     enc_layer, dec_layer = model.encoder.layers[0], model.decoder.layers[0]
     n_enc, n_dec = len(model.encoder.layers), len(model.decoder.layers)

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from tformer import _checks
-from tformer.attention import KVCache, MultiHeadAttention, _check_mask
-from tformer.layers import ACTIVATIONS, DecoderLayer, EncoderLayer
-from tformer.positional import PositionalEncoding
+import tformer._checks as _checks
+from tformer.masks import causal_mask, check_mask, padding_mask
+from tformer.nn.attention import KVCache, MultiHeadAttention
+from tformer.nn.layers import ACTIVATIONS, DecoderLayer, EncoderLayer
+from tformer.nn.positional import PositionalEncoding
 
 
 @dataclass
@@ -52,25 +53,17 @@ class TransformerConfig:
     pad_id: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads",
-                     "num_encoder_layers", "num_decoder_layers", "dim_feedforward", "max_len"):
+        for name in ("src_vocab_size", "tgt_vocab_size", "num_encoder_layers", "num_decoder_layers",
+                     "dim_feedforward", "max_len"):
             _checks.positive_int(name, getattr(self, name))
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"d_model={self.d_model} must be divisible by num_heads={self.num_heads} "
-                "(each head gets d_model/num_heads dims)"
-            )
+        _checks.heads_divide(self.d_model, self.num_heads)
         _checks.probability("dropout", self.dropout)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r} must be one of {ACTIVATIONS}")
-        eps = self.layer_norm_eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
-            raise ValueError(f"layer_norm_eps={eps!r} must be a positive float (e.g. 1e-5)")
+        _checks.positive_float("layer_norm_eps", self.layer_norm_eps, "1e-5")
         for name in ("norm_first", "share_embeddings", "tie_output"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int):
-            raise TypeError(f"pad_id must be an int, got {self.pad_id!r}")
+            _checks.boolean(name, getattr(self, name))
+        _checks.integer("pad_id", self.pad_id)
         smallest = min(self.src_vocab_size, self.tgt_vocab_size)
         if not 0 <= self.pad_id < smallest:
             raise ValueError(
@@ -241,13 +234,11 @@ class Transformer(nn.Module):
     # ---- masks --------------------------------------------------------------------------
     def make_src_mask(self, src: torch.Tensor) -> torch.Tensor:
         """``(B, 1, 1, S)`` bool, True at real (non-pad) source tokens."""
-        return (src != self.config.pad_id)[:, None, None, :]
+        return padding_mask(src, pad_id=self.config.pad_id)
 
     def make_tgt_mask(self, tgt: torch.Tensor) -> torch.Tensor:
         """``(B, 1, T, T)`` bool: causal (t sees 0..t) AND not padding."""
-        T = tgt.shape[1]
-        causal = torch.ones(T, T, dtype=torch.bool, device=tgt.device).tril()  # (T, T)
-        return causal & (tgt != self.config.pad_id)[:, None, None, :]
+        return padding_mask(tgt, pad_id=self.config.pad_id) & causal_mask(tgt.shape[1], device=tgt.device)
 
     # ---- the three entry points -----------------------------------------------------------
     def embed(self, ids: torch.Tensor, table: nn.Embedding, start: int = 0) -> torch.Tensor:
@@ -260,7 +251,7 @@ class Transformer(nn.Module):
         B, S = src.shape
         if src_mask is None:
             src_mask = self.make_src_mask(src)
-        _check_mask(src_mask, (B, self.config.num_heads, S, S), "src_mask")
+        check_mask(src_mask, (B, self.config.num_heads, S, S), "src_mask")
         return self.encoder(self.embed(src, self.src_embed), src_mask)
 
     def decode(
@@ -277,9 +268,9 @@ class Transformer(nn.Module):
         Args:
             src_mask: mask over memory positions, normally ``make_src_mask(src)``; the decoder
                 never sees ``src``, so None means *no* source position is masked.
-            tgt_mask: None → causal AND target padding (no cache), or, with caches, "position
-                start+t sees cached positions and 0..t of the new ones" (padding is not tracked
-                across steps).
+            tgt_mask: None → causal AND target padding (no cache), or, with caches, "the new
+                tokens see every cached position and the new ones up to their own" (padding is
+                not tracked across steps).
             caches: from :meth:`new_caches`, for step-by-step decoding; then ``tgt`` holds only
                 the new tokens, and ``start`` is the position of ``tgt[:, 0]`` (= tokens cached).
         """
@@ -300,14 +291,13 @@ class Transformer(nn.Module):
             cached = len(caches[0][0])
             if start != cached:
                 raise ValueError(f"start={start} must equal the number of cached positions ({cached})")
-        T_k = start + T
         if tgt_mask is None:
             if caches is None:
                 tgt_mask = self.make_tgt_mask(tgt)
             elif T > 1:  # new query t (at position start+t) sees keys 0..start+t
-                tgt_mask = torch.ones(T, T_k, dtype=torch.bool, device=tgt.device).tril(diagonal=start)
-        _check_mask(tgt_mask, (B, c.num_heads, T, T_k), "tgt_mask")
-        _check_mask(src_mask, (B, c.num_heads, T, memory.shape[1]), "src_mask")
+                tgt_mask = causal_mask(T, offset=start, device=tgt.device)
+        check_mask(tgt_mask, (B, c.num_heads, T, start + T), "tgt_mask")
+        check_mask(src_mask, (B, c.num_heads, T, memory.shape[1]), "src_mask")
         x = self.decoder(self.embed(tgt, self.tgt_embed, start), memory, tgt_mask, src_mask, caches)
         return self.generator(x)  # (B, T, tgt_vocab)
 
@@ -358,12 +348,3 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     # .parameters() already yields a shared Parameter only once
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
-
-def __getattr__(name: str) -> Any:
-    # DESIGN lists the decoder-only GPT under tformer.model; it lives in tformer.gpt (chapter 10)
-    # and is imported on first use, so importing this module never imports that one.
-    if name in ("GPT", "GPTConfig"):
-        from tformer import gpt
-
-        return getattr(gpt, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,12 +2,12 @@
 
 Launch it with torchrun (``python -m torch.distributed.run`` is the same program)::
 
-    torchrun --standalone --nproc_per_node=2 -m tformer.ddp_train --steps 20 --out runs/ddp
+    torchrun --standalone --nproc_per_node=2 -m tformer.recipes.ddp_demo --steps 20 --out runs/ddp
 
 Every step takes the next ``global_batch`` sentence pairs of the built-in corpus; process ``rank`` trains on its
-:func:`tformer.distributed.shard` of them (``global_batch / world_size`` pairs) with
-``tformer.train.train_epoch`` on a model wrapped in ``DistributedDataParallel``. The loss is
-:class:`tformer.distributed.GlobalMeanLoss`, so the gradients, and hence the whole loss curve,
+:func:`tformer.training.distributed.shard` of them (``global_batch / world_size`` pairs) with
+:func:`tformer.training.loop.train_epoch` on a model wrapped in ``DistributedDataParallel``. The loss is
+:class:`tformer.training.objectives.GlobalMeanLoss`, so the gradients, and hence the whole loss curve,
 are those of one process that trains on the full global batch (up to float rounding). Rank 0
 writes ``DIR/loss.json`` with the loss per target token of every step, over all processes.
 
@@ -26,22 +26,25 @@ import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from tformer import distributed
-from tformer.data import Vocab, generate_pairs, make_batches, tokenize_en, tokenize_zh
-from tformer.distributed import DistInfo, GlobalMeanLoss
-from tformer.model import Transformer, TransformerConfig
-from tformer.train import (
-    LabelSmoothingLoss,
-    TrainState,
-    make_optimizer,
-    noam_scheduler,
-    train_epoch,
-)
+import tformer._checks as _checks
+from tformer.data.corpus import generate_pairs
+from tformer.nn.transformer import Transformer, TransformerConfig
+from tformer.recipes.translation import Tokenizers
+from tformer.runtime import all_reduce
+from tformer.training import distributed
+from tformer.training.distributed import DistInfo
+from tformer.training.loop import TrainState, train_epoch
+from tformer.training.objectives import GlobalMeanLoss, LabelSmoothingLoss
+from tformer.training.optim import make_optimizer, noam_scheduler
+
+# TransformerConfig fields (all but the vocabularies) of the tiny model every process trains.
+TINY_MODEL = dict(d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+                  dim_feedforward=64, dropout=0.0, max_len=64)
 
 
 @dataclass
@@ -50,10 +53,7 @@ class RunConfig:
 
     steps: int = 20
     global_batch: int = 16  # sentence pairs per step, over all processes
-    d_model: int = 32
-    num_heads: int = 2
-    num_layers: int = 1  # encoder layers = decoder layers
-    dim_feedforward: int = 64
+    model: dict = field(default_factory=lambda: dict(TINY_MODEL))  # TransformerConfig fields
     warmup: int = 10
     factor: float = 1.0
     seed: int = 0
@@ -61,11 +61,16 @@ class RunConfig:
     dtype: str = "float64"  # of the weights and the arithmetic; see the module docstring
 
     def __post_init__(self) -> None:
-        for name in ("steps", "global_batch", "d_model", "num_heads", "num_layers",
-                     "dim_feedforward", "warmup"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int")
+        for name in ("steps", "global_batch", "warmup"):
+            _checks.positive_int(name, getattr(self, name))
+        if not isinstance(self.model, dict):
+            raise TypeError(f"model must be a dict of TransformerConfig fields, got {type(self.model).__name__}")
+        self.model = {**TINY_MODEL, **self.model}
+        self.model_config(8, 8)  # checks the sizes, once, in TransformerConfig
+
+    def model_config(self, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0) -> TransformerConfig:
+        return TransformerConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
+                                 pad_id=pad_id, **self.model)
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype={self.dtype!r} must be 'float64' or 'float32'")
 
@@ -80,28 +85,23 @@ def _build(cfg: RunConfig, rank: int, world_size: int):
     # the built-in corpus's own generator: the same pairs in every process, without building
     # the whole 30k-pair training split (which takes seconds) just to use a few hundred pairs
     pairs = generate_pairs(cfg.steps * cfg.global_batch, seed=cfg.seed)
-    src_vocab = Vocab.build([tokenize_zh(p.src) for p in pairs])
-    tgt_vocab = Vocab.build([tokenize_en(p.tgt) for p in pairs])
+    tok = Tokenizers.build(pairs, "word")
     batches = []
     for step in range(cfg.steps):
         chunk = pairs[step * cfg.global_batch : (step + 1) * cfg.global_batch]
         mine = distributed.shard(chunk, rank, world_size)  # global_batch / world_size pairs
-        batches += make_batches(mine, src_vocab, tgt_vocab, tokenize_zh, tokenize_en,
-                                batch_size=len(mine), shuffle=False)  # one batch
+        batches += tok.batches(mine, batch_size=len(mine), shuffle=False)  # one batch
     assert len(batches) == cfg.steps
     torch.manual_seed(cfg.seed)  # the same initial weights everywhere (DDP also copies rank 0's)
-    model = Transformer(TransformerConfig(
-        src_vocab_size=len(src_vocab), tgt_vocab_size=len(tgt_vocab), d_model=cfg.d_model,
-        num_heads=cfg.num_heads, num_encoder_layers=cfg.num_layers, num_decoder_layers=cfg.num_layers,
-        dim_feedforward=cfg.dim_feedforward, dropout=0.0, max_len=64, pad_id=tgt_vocab.pad_id,
-    ))
-    return batches, model.to(getattr(torch, cfg.dtype)), tgt_vocab.pad_id
+    pad_id = tok.tgt_vocab.pad_id
+    model = Transformer(cfg.model_config(len(tok.src_vocab), len(tok.tgt_vocab), pad_id))
+    return batches, model.to(getattr(torch, cfg.dtype)), pad_id
 
 
 def train_curve(cfg: RunConfig, info: DistInfo | None = None, progress: bool = False) -> dict:
     """Train ``cfg.steps`` steps; return the loss curve and the token counts of every process.
 
-    ``info`` comes from :func:`tformer.distributed.init_distributed` (all processes call this
+    ``info`` comes from :func:`tformer.training.distributed.init_distributed` (all processes call this
     together); None trains in this single process without any process group.
 
     Returns:
@@ -116,7 +116,7 @@ def train_curve(cfg: RunConfig, info: DistInfo | None = None, progress: bool = F
     else:
         loss_fn = GlobalMeanLoss(LabelSmoothingLoss(0.1, ignore_index=pad_id, reduction="sum"), pad_id)
     optimizer = make_optimizer(model)
-    scheduler = noam_scheduler(optimizer, cfg.d_model, cfg.warmup, cfg.factor)
+    scheduler = noam_scheduler(optimizer, cfg.model["d_model"], cfg.warmup, cfg.factor)
     state = TrainState()
     train_epoch(model, batches, loss_fn, optimizer, scheduler, device=device, state=state,
                 progress=progress and rank == 0, desc=f"rank {rank}")
@@ -124,9 +124,9 @@ def train_curve(cfg: RunConfig, info: DistInfo | None = None, progress: bool = F
     # add over processes: the global mean is Σ_r S_r / N whichever loss was minimised.
     values = torch.tensor(state.history["step_loss"], dtype=torch.float64)
     n_local = torch.tensor([int(b.n_tokens) for b in batches], dtype=torch.float64)
-    n_global = distributed.all_reduce_sum(n_local)
+    n_global = all_reduce(n_local)
     s_local = values * n_local if cfg.naive_mean else values * n_global / world
-    loss = (distributed.all_reduce_sum(s_local) / n_global).tolist()
+    loss = (all_reduce(s_local) / n_global).tolist()
     tokens = [n_local.long().tolist()]
     if info is not None and world > 1:
         gathered: list = [None] * world
@@ -137,14 +137,14 @@ def train_curve(cfg: RunConfig, info: DistInfo | None = None, progress: bool = F
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="torchrun --standalone --nproc_per_node=2 -m tformer.ddp_train",
+        prog="torchrun --standalone --nproc_per_node=2 -m tformer.recipes.ddp_demo",
         description="Train a tiny Transformer with DistributedDataParallel; write DIR/loss.json.",
     )
     parser.add_argument("--out", required=True, help="directory for loss.json (written by rank 0)")
     parser.add_argument("--steps", type=int, default=RunConfig.steps)
     parser.add_argument("--global-batch", type=int, default=RunConfig.global_batch,
                         help="sentence pairs per step over all processes (divisible by their number)")
-    parser.add_argument("--d-model", type=int, default=RunConfig.d_model)
+    parser.add_argument("--d-model", type=int, default=TINY_MODEL["d_model"])
     parser.add_argument("--seed", type=int, default=RunConfig.seed)
     parser.add_argument("--naive-mean", action="store_true",
                         help="average the loss over each process's own tokens (the inexact way)")
@@ -154,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: nccl with CUDA, else gloo")
     args = parser.parse_args(argv)
     try:
-        cfg = RunConfig(steps=args.steps, global_batch=args.global_batch, d_model=args.d_model,
+        cfg = RunConfig(steps=args.steps, global_batch=args.global_batch, model={"d_model": args.d_model},
                         seed=args.seed, naive_mean=args.naive_mean, dtype=args.dtype)
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         parser.error(str(error))
     try:
         info = distributed.init_distributed(args.backend)
     except RuntimeError as error:
-        print(f"tformer.ddp_train: {error}", file=sys.stderr)
+        print(f"tformer.recipes.ddp_demo: {error}", file=sys.stderr)
         return 2
     try:
         result = train_curve(cfg, info)

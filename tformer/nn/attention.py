@@ -1,9 +1,8 @@
 """Scaled dot-product attention and multi-head attention (Vaswani et al., 2017, §3.2).
 
-Mask convention, used everywhere in tformer: a **bool** tensor in which **True means "may attend"**
-(the convention of ``torch.nn.functional.scaled_dot_product_attention``). It broadcasts to
-``(B, h, T_q, T_k)``: ``(T_q, T_k)`` for a causal mask, ``(B, 1, 1, T_k)`` for key padding.
-``torch.nn.MultiheadAttention``'s ``key_padding_mask`` uses the opposite meaning (True = ignore).
+Masks are bool, **True = may attend**, broadcastable to ``(B, h, T_q, T_k)``; they are built and
+checked in :mod:`tformer.masks` (``torch.nn.MultiheadAttention``'s ``key_padding_mask`` means the
+opposite).
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tformer import _checks
-
-MASK_HINT = "a bool mask broadcastable to (..., T_q, T_k) with True = may attend"
+import tformer._checks as _checks
+from tformer.masks import causal_mask, check_mask
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -36,19 +34,6 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             "q, k and v must have the same batch dimensions (all but the last two), got "
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
-
-
-def _check_mask(mask: torch.Tensor | None, target: tuple[int, ...], name: str = "mask") -> None:
-    if mask is None:
-        return
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(
-            f"{name} must have dtype torch.bool (True = may attend), got {mask.dtype}; "
-            "for a 0/1 tensor use mask.bool(), for an additive -inf mask use mask == 0"
-        )
-    _checks.broadcastable(name, tuple(mask.shape), target, MASK_HINT)
 
 
 def scaled_dot_product_attention(
@@ -73,7 +58,7 @@ def scaled_dot_product_attention(
     """
     _check_qkv(q, k, v)
     _checks.probability("dropout_p", dropout_p)
-    _check_mask(mask, (*q.shape[:-1], k.shape[-2]))
+    check_mask(mask, (*q.shape[:-1], k.shape[-2]))
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T_q, T_k)
     if mask is not None:
         # The most negative finite number (not -inf) keeps a fully masked row finite: its softmax
@@ -104,7 +89,7 @@ def fused_attention(
     """
     _check_qkv(q, k, v)
     _checks.probability("dropout_p", dropout_p)
-    _check_mask(mask, (*q.shape[:-1], k.shape[-2]))
+    check_mask(mask, (*q.shape[:-1], k.shape[-2]))
     if is_causal:
         if mask is not None or q.shape[-2] != k.shape[-2]:
             raise ValueError(
@@ -118,45 +103,6 @@ def fused_attention(
     # Let fully masked rows attend everywhere so the kernel never sees an all -inf row, then zero them.
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~row_has_key, dropout_p=dropout_p)
     return out.masked_fill(~row_has_key, 0.0)
-
-
-def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """``(size, size)`` bool mask, True on and below the diagonal: position t sees 0..t (§3.2.3)."""
-    _checks.positive_int("size", size)
-    return torch.ones(size, size, dtype=torch.bool, device=device).tril_()
-
-
-def padding_mask(
-    lengths_or_ids: torch.Tensor | list[int],
-    pad_id: int = 0,
-    max_len: int | None = None,
-) -> torch.Tensor:
-    """Key-padding mask ``(B, 1, 1, T)``: True at real tokens, False at padding.
-
-    Args:
-        lengths_or_ids: either token ids ``(B, T)`` (padding is where ``ids == pad_id``) or
-            the true lengths ``(B,)`` (a 1-D tensor or list of ints).
-        pad_id: the padding token id, used when ids are given.
-        max_len: with lengths, the padded length T (default: the longest length).
-    """
-    if isinstance(lengths_or_ids, (list, tuple)):
-        lengths_or_ids = torch.tensor(lengths_or_ids)
-    x = _checks.tensor("lengths_or_ids", lengths_or_ids, floating=False)
-    if x.dim() == 2:
-        return (x != pad_id)[:, None, None, :]
-    if x.dim() != 1:
-        raise ValueError(
-            f"lengths_or_ids must be token ids (B, T) or lengths (B,), got shape {tuple(x.shape)}"
-        )
-    if (x < 0).any():
-        raise ValueError(f"lengths must be >= 0, got {x.tolist()}")
-    longest = int(x.max()) if x.numel() else 0
-    if max_len is None:
-        max_len = longest
-    elif max_len < longest:
-        raise ValueError(f"max_len={max_len} is shorter than the longest length {longest}")
-    positions = torch.arange(max_len, device=x.device)
-    return (positions[None, :] < x[:, None])[:, None, None, :]
 
 
 class KVCache:
@@ -276,7 +222,7 @@ class MultiHeadAttention(nn.Module):
             v = self._split_heads(self.w_v(value))
             if cache is not None:
                 k, v = cache.update(k, v)
-        _check_mask(mask, (B, self.num_heads, T_q, k.shape[-2]))
+        check_mask(mask, (B, self.num_heads, T_q, k.shape[-2]))
         if is_causal:
             if mask is not None or T_q != k.shape[-2]:
                 raise ValueError(

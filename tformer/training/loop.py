@@ -1,11 +1,15 @@
-"""Training: label smoothing, the warmup schedule, the loop, validation (Vaswani et al., 2017, §5).
+"""One training loop for every model in tformer: steps, validation, time limits, resuming.
 
-The paper trains with teacher forcing (the decoder reads the reference shifted right by one
-position, §3.1 and Figure 1), Adam with β1 = 0.9, β2 = 0.98, ε = 1e-9 and a learning rate that
-rises linearly for ``warmup`` steps and then decays as step^-0.5 (§5.3, Eq. 3), and label
-smoothing ε_ls = 0.1 (§5.4). This module holds each of those pieces and a small loop
-(:func:`train_epoch`, :func:`evaluate`, :func:`fit`) that also runs on a GPU with autocast and
-inside ``torch.nn.parallel.DistributedDataParallel``. Checkpoints live in :mod:`tformer.checkpoint`.
+Nothing in this file knows about translation or GPT (the habit of minGPT's trainer): a batch says
+what the model reads (``batch.inputs``), what it must predict (``batch.target``) and how many
+target tokens count (``batch.n_tokens``); the model returns logits (or ``(logits, loss)``, as
+nanoGPT-style models do) and ``loss_fn(logits, target)`` turns them into the loss. The
+encoder–decoder reads a :class:`tformer.data.batches.Batch` with teacher forcing (§3.1: the
+decoder reads the reference shifted right); the GPT reads :class:`tformer.data.batches.Windows`.
+The loop clips gradients, runs under autocast on a GPU, inside ``DistributedDataParallel``, stops
+at a time or step limit, and hands a :class:`TrainState` to a checkpoint callback, so a run can
+resume exactly where it stopped. The objectives are in :mod:`tformer.training.objectives`, the
+schedules in :mod:`tformer.training.optim`, checkpoints in :mod:`tformer.training.checkpoint`.
 """
 
 from __future__ import annotations
@@ -18,129 +22,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from tformer import _checks
+import tformer._checks as _checks
+from tformer.runtime import any_rank, autocast_context, eval_mode
 
 with warnings.catch_warnings():
     # Without ipywidgets tqdm.auto falls back to a text bar, which is what a static book shows anyway.
     warnings.filterwarnings("ignore", message="IProgress not found")
     from tqdm.auto import tqdm
-
-# --------------------------------------------------------------------------- loss
-
-
-class LabelSmoothingLoss(nn.Module):
-    """Cross-entropy against a smoothed target distribution (§5.4, "Label Smoothing").
-
-    The target puts 1 - ε on the reference token and spreads ε uniformly over all V classes
-    (so the reference gets 1 - ε + ε/V), exactly as ``F.cross_entropy(label_smoothing=ε)``.
-    Positions whose target is ``ignore_index`` (padding) contribute nothing, and the mean is
-    taken over the real tokens only.
-
-    Args:
-        smoothing: ε_ls in [0, 1); the paper uses 0.1. ε = 0 is plain cross-entropy.
-        ignore_index: target id to skip (the padding id, 0 in tformer).
-        reduction: ``"mean"`` over real tokens, ``"sum"``, or ``"none"`` (per position, 0 at padding).
-    """
-
-    def __init__(self, smoothing: float = 0.1, ignore_index: int = 0, reduction: str = "mean") -> None:
-        super().__init__()
-        self.smoothing = _checks.probability("smoothing", smoothing)
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction={reduction!r} must be 'mean', 'sum' or 'none'")
-        self.ignore_index, self.reduction = ignore_index, reduction
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``logits`` (..., V) float, ``target`` (...) long → scalar (or (...) with ``"none"``)."""
-        _checks.tensor("logits", logits, ndim_min=2, floating=True)
-        _checks.tensor("target", target, ndim_min=1, floating=False)
-        if logits.shape[:-1] != target.shape:
-            raise ValueError(
-                f"logits {tuple(logits.shape)} must be target's shape {tuple(target.shape)} plus a "
-                "vocabulary dimension, e.g. logits (B, T, V) with target (B, T)"
-            )
-        V = logits.shape[-1]
-        logp = F.log_softmax(logits.float(), dim=-1)  # (..., V)
-        keep = target != self.ignore_index  # (...)
-        safe = target.masked_fill(~keep, 0)
-        if ((safe < 0) | (safe >= V)).any():
-            bad = safe[(safe < 0) | (safe >= V)][0].item()
-            raise ValueError(f"target id {bad} is outside the vocabulary [0, {V})")
-        nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (...) -log p(reference)
-        uniform = -logp.mean(dim=-1)  # (...) cross-entropy against the uniform distribution
-        loss = ((1.0 - self.smoothing) * nll + self.smoothing * uniform) * keep
-        if self.reduction == "none":
-            return loss
-        if self.reduction == "sum":
-            return loss.sum()
-        return loss.sum() / keep.sum().clamp(min=1)
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
-    """lrate = factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), Eq. (3), §5.3.
-
-    The rate grows linearly for the first ``warmup`` steps, peaks at step = warmup, and then
-    decays with the inverse square root of the step number. Steps count from 1.
-    """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"step={step!r} must be an int >= 1 (the schedule counts steps from 1)")
-    _checks.positive_int("d_model", d_model)
-    _checks.positive_int("warmup", warmup)
-    if not factor > 0:
-        raise ValueError(f"factor={factor!r} must be > 0")
-    return factor * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
-
-
-def noam_scheduler(
-    optimizer: torch.optim.Optimizer, d_model: int, warmup: int, factor: float = 1.0
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` that sets the rate of step s (1, 2, …) to ``noam_lr(s, d_model, warmup, factor)``.
-
-    ``LambdaLR`` multiplies the optimizer's own ``lr`` by the lambda, so build the optimizer with
-    ``lr=1.0`` (as :func:`make_optimizer` does); any other value acts as an extra factor.
-    Call ``scheduler.step()`` after every ``optimizer.step()``.
-    """
-    noam_lr(1, d_model, warmup, factor)  # validate the arguments once, here
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: noam_lr(s + 1, d_model, warmup, factor)
-    )
-
-
-def make_optimizer(model: nn.Module, lr: float = 1.0) -> torch.optim.Adam:
-    """Adam with the paper's β1 = 0.9, β2 = 0.98, ε = 1e-9 (§5.3); ``lr=1.0`` for the Noam schedule."""
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9)
-
-
-# --------------------------------------------------------------------------- device
-
-
-def default_device() -> torch.device:
-    """``cuda`` when a GPU is present, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
-    """bf16 on a CUDA device that supports it, fp16 on older GPUs, ``None`` (float32) on CPU."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel`` (or ``torch.compile``) wrapper."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
-
-
-# --------------------------------------------------------------------------- loop
-
 
 @dataclass
 class TrainState:
@@ -182,18 +72,12 @@ class EpochResult:
 
 
 def _forward_loss(model: nn.Module, batch, loss_fn: nn.Module) -> torch.Tensor:
-    """Teacher forcing: the decoder reads ``tgt_in`` (<bos> y1 … y_{n-1}) and predicts ``tgt_out`` (y1 … <eos>)."""
-    logits = model(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_mask)  # (B, T, V)
-    return loss_fn(logits, batch.tgt_out)
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True if ``flag`` is True on any process (all ranks must stop at the same step under DDP)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([float(flag)], device=device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
-    return flag
+    """``loss_fn(model(*batch.inputs), batch.target)``; for a translation batch that is teacher
+    forcing: the decoder reads ``tgt_in`` (<bos> y1 … y_{n-1}) and predicts ``tgt_out`` (y1 … <eos>)."""
+    logits = model(*batch.inputs)  # (B, T, V), or (logits, loss) from a nanoGPT-style model
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return loss_fn(logits, batch.target)
 
 
 def train_epoch(
@@ -213,7 +97,7 @@ def train_epoch(
     progress: bool = True,
     desc: str = "train",
 ) -> EpochResult:
-    """One pass of gradient steps over ``batches`` (a list of :class:`tformer.data.Batch`).
+    """One pass of gradient steps over ``batches`` (a list of :class:`tformer.data.batches.Batch`).
 
     Works on a plain model or one wrapped in ``DistributedDataParallel``: each process passes its
     own shard of the batches, the wrapper averages the gradients, and only the process that
@@ -231,15 +115,15 @@ def train_epoch(
     state = state if state is not None else TrainState()
     model.train()
     start_batch = state.batch_in_epoch
-    todo = batches[start_batch:]
     t0 = time.perf_counter()
     loss_sum, tokens, steps, stopped = 0.0, 0, 0, False
     # A terminal redraws one line; a notebook saved to a book keeps every update, so update less often.
     interval = 1.0 if getattr(sys.stderr, "isatty", lambda: False)() else 5.0
     bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not progress, mininterval=interval)
-    for batch in todo:
+    for i in range(start_batch, len(batches)):  # by index: a lazy sequence is drawn as it goes
+        batch = batches[i]
         limited = deadline is not None or max_steps is not None
-        if limited and _any_rank(
+        if limited and any_rank(
             (deadline is not None and time.perf_counter() > deadline)
             or (max_steps is not None and state.step >= max_steps),
             device,
@@ -247,7 +131,7 @@ def train_epoch(
             stopped = True
             break
         batch = batch.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast_context(device, amp_dtype, enabled=amp_dtype is not None):
             loss = _forward_loss(model, batch, loss_fn)
         value = loss.item()
         if not math.isfinite(value):  # stop before a NaN reaches the weights
@@ -306,16 +190,14 @@ def evaluate(
 ) -> float:
     """Mean loss per target token over ``batches``, in eval mode (no dropout), without gradients."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, tokens = 0.0, 0
-    for batch in batches:
-        batch = batch.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = _forward_loss(model, batch, loss_fn)
-        total += loss.item() * int(batch.n_tokens)
-        tokens += int(batch.n_tokens)
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in batches:
+            batch = batch.to(device)
+            with autocast_context(device, amp_dtype, enabled=amp_dtype is not None):
+                loss = _forward_loss(model, batch, loss_fn)
+            total += loss.item() * int(batch.n_tokens)
+            tokens += int(batch.n_tokens)
     return total / max(tokens, 1)
 
 

@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import torch
 
-from tformer.exercises import CheckFailed
-from tformer.pretrained import cosine_top_k, key_padding_mask, mean_pool
+from tformer.course.exercises import CheckFailed
+from tformer.nn.bert import key_padding_mask
+from tformer.pretrained import cosine_top_k, mean_pool
 
 
 def _cases(seed: int = 0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:

@@ -8,7 +8,7 @@ goes is the one choice that matters here:
   ``x = LayerNorm(x + Dropout(Sublayer(x)))`` — §3.1 and §5.4 of Vaswani et al. (2017).
 * **pre-LN** (``norm_first=True``, what most later models use):
   ``x = x + Dropout(Sublayer(LayerNorm(x)))`` — the stack then needs one final LayerNorm, which
-  :class:`tformer.model.Encoder` / :class:`tformer.model.Decoder` add.
+  :class:`tformer.nn.transformer.Encoder` / :class:`tformer.nn.transformer.Decoder` add.
 
 Both layers compute exactly what ``torch.nn.TransformerEncoderLayer`` /
 ``torch.nn.TransformerDecoderLayer`` compute with ``batch_first=True`` and the same ``norm_first``
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tformer import _checks
-from tformer.attention import KVCache, MultiHeadAttention
+import tformer._checks as _checks
+from tformer.nn.attention import KVCache, MultiHeadAttention
 
 ACTIVATIONS = ("relu", "gelu")
 
@@ -202,7 +202,7 @@ class DecoderLayer(nn.Module):
                 the cached positions too; normally causal (``(T, T)``) and/or target padding.
             memory_mask: bool, broadcastable to (B, h, T, S); normally the source padding mask
                 ``(B, 1, 1, S)``.
-            self_cache: a :class:`~tformer.attention.KVCache` for incremental decoding; the new
+            self_cache: a :class:`~tformer.nn.attention.KVCache` for incremental decoding; the new
                 positions' keys and values are appended to it.
             cross_cache: a ``KVCache(static=True)``; the encoder's keys and values are projected
                 on the first call and reused afterwards.

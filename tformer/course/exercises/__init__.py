@@ -2,7 +2,7 @@
 
 In an exercise cell a reader writes a function and hands it over::
 
-    from tformer.exercises import check
+    from tformer.course.exercises import check
     check("attention.scaled_dot_product", my_attention)
 
 ``check`` runs the reader's function on several cases, compares it with the reference and prints

@@ -1,7 +1,7 @@
 """Checkers for the exercises of chapter 10 (GPT): temperature, top-k and top-p filtering.
 
 Each checker runs the reader's function on a few hand-made logit vectors and compares the result
-with :mod:`tformer.gpt`. When a case fails it also computes the usual wrong answers (multiplying by
+with :mod:`tformer.nn.gpt`. When a case fails it also computes the usual wrong answers (multiplying by
 the temperature, zeros instead of -inf, dropping the token that crosses p, …); if the reader's
 output matches one, the hint names that mistake.
 """
@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from tformer.exercises import CheckFailed
-from tformer.gpt import top_k_filter, top_p_filter
+from tformer.course.exercises import CheckFailed
+from tformer.inference.generation import top_k_filter, top_p_filter
 
 NEG_INF = float("-inf")
 

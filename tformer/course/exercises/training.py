@@ -13,10 +13,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from tformer.decode import greedy_decode
-from tformer.exercises import CheckFailed
-from tformer.model import Transformer, TransformerConfig
-from tformer.train import LabelSmoothingLoss, noam_lr
+from tformer.course.exercises import CheckFailed
+from tformer.inference.generation import greedy_decode
+from tformer.nn.transformer import Transformer, TransformerConfig
+from tformer.training.objectives import LabelSmoothingLoss
+from tformer.training.optim import noam_lr
 
 
 def _num(x: object) -> float | None:

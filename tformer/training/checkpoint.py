@@ -3,13 +3,14 @@
 A checkpoint is a directory::
 
     model.safetensors      the weights (tied tensors stored once)
-    config.json            {"model": TransformerConfig.to_dict(), "tokenizer": ..., "train": ...}
-    src_vocab.json         source and target vocabularies (tformer.data.Vocab)
-    tgt_vocab.json
-    tgt_tokenizer.json     only with ``--tokenizer bpe``: the target side's BPE tokenizer
-                           (Hugging Face ``tokenizers`` JSON); config.json's "tokenizer" entry names it
-    optimizer.safetensors  Adam's moment tensors and the random-number generators' tensor states
+    config.json            {"model": model.config.to_dict(), ...whatever the caller adds}
+    optimizer.safetensors  the optimizer's tensors and the random-number generators' tensor states
     state.json             step, epoch, loss history, optimizer hyper-parameters, scheduler, RNGs
+    ...                    any other file the caller hands over (vocabularies, tokenizers)
+
+This module knows no model class and no tokenizer: it saves what objects give it (a model with a
+``.config.to_dict()``, objects with ``to_dict()`` or ``save(path)``) and loads into objects the
+caller builds. The translation recipe (:mod:`tformer.recipes.translation`) decides what goes in.
 
 No file is ever unpickled, so loading a checkpoint from someone else cannot run their code.
 Each file is written to a temporary file in the same directory and moved into place with
@@ -33,7 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
-from tformer.train import TrainState, unwrap
+from tformer.runtime import unwrap
+from tformer.training.loop import TrainState
 
 FORMAT = 1
 
@@ -120,19 +122,16 @@ def save_checkpoint(
     state: TrainState | None = None,
     *,
     config: dict | None = None,
-    src_vocab=None,
-    tgt_vocab=None,
-    tokenizers: dict | None = None,
+    files: dict[str, object] | None = None,
 ) -> Path:
-    """Save a model (and optionally the optimizer, scheduler, run state and vocabularies).
+    """Save a model (and optionally the optimizer, scheduler, run state and extra files).
 
     Args:
         directory: created if needed; existing files are replaced one by one, atomically.
-        model: a :class:`tformer.model.Transformer` (or a DDP wrapper of one) with a ``.config``.
-        config: extra JSON-able entries for ``config.json`` (tokenizer kind, training arguments).
-        src_vocab, tgt_vocab: :class:`tformer.data.Vocab` objects saved as JSON.
-        tokenizers: ``{file name: tokenizer}`` for trained tokenizers with a ``.save(path)``
-            (:class:`tformer.data.BPETokenizer`), each written atomically into ``directory``.
+        model: a model with a ``.config`` that has ``to_dict()`` (or a DDP / compiled wrapper of one).
+        config: extra JSON-able entries for ``config.json`` (training arguments, data, ...).
+        files: ``{file name: object}``; an object with ``to_dict()`` is written as JSON, one with
+            ``save(path)`` (a trained tokenizer) writes itself; each file atomically.
 
     Returns:
         The directory as a ``Path``.
@@ -143,11 +142,15 @@ def save_checkpoint(
     step = str(state.step if state is not None else 0)
     cfg = {"format": FORMAT, "model": model.config.to_dict(), **(config or {})}
     write_json(directory / "config.json", cfg)
-    for name, vocab in (("src_vocab.json", src_vocab), ("tgt_vocab.json", tgt_vocab)):
-        if vocab is not None:
-            write_json(directory / name, vocab.to_dict())
-    for name, tokenizer in (tokenizers or {}).items():
-        _atomic(directory / name, tokenizer.save)
+    for name, obj in (files or {}).items():
+        if Path(name).name != name:
+            raise ValueError(f"files: {name!r} must be a plain file name inside the checkpoint directory")
+        if hasattr(obj, "to_dict"):
+            write_json(directory / name, obj.to_dict())
+        elif hasattr(obj, "save"):
+            _atomic(directory / name, obj.save)
+        else:
+            raise TypeError(f"files[{name!r}] must have to_dict() or save(path), got {type(obj).__name__}")
     _atomic(directory / "model.safetensors", lambda tmp: save_model(model, tmp, {"step": step}))
     extra: dict = {"format": FORMAT, "step": int(step)}
     if optimizer is not None:
@@ -175,45 +178,16 @@ def save_checkpoint(
     return directory
 
 
-TOKENIZER_KINDS = {"word": {"src": "zh_char", "tgt": "en_word"},
-                   "bpe": {"src": "zh_char", "tgt": "bpe", "tgt_file": "tgt_tokenizer.json"}}
-
-
-def load_target_tokenizer(directory: str | os.PathLike, config: dict):
-    """The target tokenizer a checkpoint's ``config.json`` names: ``None`` for English words.
-
-    ``config["tokenizer"]`` is ``{"src": "zh_char", "tgt": "en_word"}`` (the default, also when
-    the entry is absent) or ``{"src": "zh_char", "tgt": "bpe", "tgt_file": NAME}``, in which case
-    ``NAME`` in ``directory`` is loaded as a :class:`tformer.data.BPETokenizer`.
-
-    Raises:
-        FileNotFoundError: the named tokenizer file is missing.
-        ValueError: an unknown tokenizer kind, or a tokenizer file that cannot be read.
-    """
-    from tformer.data import BPETokenizer
-
+def read_config(directory: str | os.PathLike) -> dict:
+    """``config.json`` of a checkpoint directory, checked to be one: build the model from its
+    ``"model"`` entry, then :func:`load_checkpoint` into it."""
     directory = Path(directory)
-    tok = config.get("tokenizer") or TOKENIZER_KINDS["word"]
-    if tok.get("src") != "zh_char" or tok.get("tgt") not in ("en_word", "bpe"):
-        raise ValueError(
-            f"unsupported tokenizer {tok!r} in {directory / 'config.json'}; expected source 'zh_char' "
-            "and target 'en_word' or 'bpe'"
-        )
-    if tok["tgt"] == "en_word":
-        return None
-    name = tok.get("tgt_file")
-    if not isinstance(name, str) or not name or Path(name).name != name:
-        raise ValueError(f"{directory / 'config.json'}: tokenizer 'tgt_file' must be a file name, got {name!r}")
-    path = directory / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint file {path} is missing (config.json says the target side uses the BPE "
-            f"tokenizer saved in {name})"
-        )
-    try:
-        return BPETokenizer.load(path)
-    except Exception as error:  # tokenizers raises its own exception type for a bad file
-        raise ValueError(f"checkpoint file {path} is corrupt (not a tokenizers JSON file: {error})") from None
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    cfg = read_json(directory / "config.json")
+    if not isinstance(cfg, dict) or "model" not in cfg:
+        raise ValueError(f"{directory / 'config.json'} has no 'model' entry; not a tformer checkpoint")
+    return cfg
 
 
 @dataclass
@@ -223,8 +197,6 @@ class Checkpoint:
     model: nn.Module
     config: dict
     state: TrainState | None
-    src_vocab: object | None
-    tgt_vocab: object | None
 
 
 def _config_diff(want: dict, got: dict) -> list[str]:
@@ -234,7 +206,7 @@ def _config_diff(want: dict, got: dict) -> list[str]:
 
 def load_checkpoint(
     directory: str | os.PathLike,
-    model: nn.Module | None = None,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     *,
@@ -244,8 +216,8 @@ def load_checkpoint(
     """Load a checkpoint written by :func:`save_checkpoint`.
 
     Args:
-        model: load into this model; its config must equal the stored one (``ValueError`` lists
-            the differing fields). ``None`` builds a new ``Transformer`` from ``config.json``.
+        model: load into this model (build it from ``read_config(directory)["model"]``); its
+            config must equal the stored one (``ValueError`` lists the differing fields).
         optimizer, scheduler: restore their state too (needs ``optimizer.safetensors``).
         restore_rng: also restore the torch/Python/NumPy random generators, so that a resumed
             run draws the same dropout masks as an uninterrupted one.
@@ -255,15 +227,8 @@ def load_checkpoint(
         ValueError: a file is corrupt, the files come from different steps, or the model does
             not match.
     """
-    from tformer.data import Vocab
-    from tformer.model import Transformer, TransformerConfig
-
     directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
-    cfg = read_json(directory / "config.json")
-    if "model" not in cfg:
-        raise ValueError(f"{directory / 'config.json'} has no 'model' entry; not a tformer checkpoint")
+    cfg = read_config(directory)
     extra = read_json(directory / "state.json")
     step = str(extra.get("step", 0))
     meta = _safetensors_meta(directory / "model.safetensors")
@@ -272,18 +237,11 @@ def load_checkpoint(
             f"model.safetensors (step {meta.get('step')}) and state.json (step {step}) in {directory} "
             "come from different saves; the checkpoint was written half-way"
         )
-    try:
-        stored = TransformerConfig.from_dict(cfg["model"])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{directory / 'config.json'} holds an invalid model config: {error}") from None
-    if model is None:
-        model = Transformer(stored)
-    else:
-        diff = _config_diff(stored.to_dict(), unwrap(model).config.to_dict())
-        if diff:
-            raise ValueError(
-                f"the checkpoint in {directory} does not match the model's config: " + "; ".join(diff)
-            )
+    diff = _config_diff(cfg["model"], unwrap(model).config.to_dict())
+    if diff:
+        raise ValueError(
+            f"the checkpoint in {directory} does not match the model's config: " + "; ".join(diff)
+        )
     try:
         load_model(unwrap(model), str(directory / "model.safetensors"), strict=True, device=str(device))
     except RuntimeError as error:
@@ -311,8 +269,5 @@ def load_checkpoint(
         if "scheduler" not in extra:
             raise ValueError(f"{directory / 'state.json'} holds no scheduler state")
         scheduler.load_state_dict({**scheduler.state_dict(), **extra["scheduler"]})
-    vocabs = []
-    for name in ("src_vocab.json", "tgt_vocab.json"):
-        vocabs.append(Vocab.from_dict(read_json(directory / name)) if (directory / name).exists() else None)
     train = TrainState.from_dict(extra["train"]) if extra.get("train") else None
-    return Checkpoint(model, cfg, train, vocabs[0], vocabs[1])
+    return Checkpoint(model, cfg, train)

@@ -300,7 +300,7 @@ def plot_lr_schedule(
 
 
 def draw_architecture(model: torch.nn.Module, ax: Axes | None = None) -> Figure:
-    """Draw the model's block diagram (see :mod:`tformer.diagram`)."""
-    from tformer.diagram import draw_architecture as draw
+    """Draw the model's block diagram (see :mod:`tformer.course.diagram`)."""
+    from tformer.course.diagram import draw_architecture as draw
 
     return draw(model, ax)

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import torch
 
-from tformer.distributed import shard
-from tformer.exercises import CheckFailed
+from tformer.course.exercises import CheckFailed
+from tformer.training.distributed import shard
 
 # --- distributed.shard --------------------------------------------------------------------------
 

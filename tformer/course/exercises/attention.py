@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import torch
 
-from tformer.attention import causal_mask, scaled_dot_product_attention
-from tformer.exercises import CheckFailed
-from tformer.positional import sinusoidal_encoding
+from tformer.course.exercises import CheckFailed
+from tformer.masks import causal_mask
+from tformer.nn.attention import scaled_dot_product_attention
+from tformer.nn.positional import sinusoidal_encoding
 
 ATOL = 1e-5
 

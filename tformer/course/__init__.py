@@ -1,0 +1,1 @@
+"""For the book: plots, the architecture diagram and the exercise checkers."""

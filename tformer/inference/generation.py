@@ -1,0 +1,331 @@
+"""Generation: one auto-regressive loop for every decoder in tformer (Vaswani et al., 2017, §6.1).
+
+A decoder predicts one token, appends it and predicts the next. Every model here exposes the same
+*step*: ``step(ids, caches, start) -> logits (B, T, V)`` runs the new tokens ``ids`` (B, T), at
+positions ``start``, ``start + 1``, …, through the decoder and appends their keys and values to
+``caches`` (from ``model.new_caches()``; ``None`` re-runs the whole prefix instead — the same
+result, more work). For a decoder-only model (GPT,
+Llama) the step is the model itself; for the encoder–decoder it is ``model.decode`` with the
+encoder's ``memory`` fixed. :func:`generate` (sampling or greedy, for language models),
+:func:`greedy_decode` and :func:`beam_search` (translation, beam 4 and length penalty α = 0.6 as in
+§6.1, after Wu et al. 2016) all run on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import tformer._checks as _checks
+from tformer.nn.attention import KVCache
+from tformer.runtime import eval_mode
+
+Step = Callable[[torch.Tensor, "list | None", int], torch.Tensor]
+
+# --------------------------------------------------------------------------- choosing a token
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float, got {temperature!r}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(
+            f"temperature={temperature} must be a finite number > 0 (use do_sample=False for argmax)"
+        )
+    if top_k is not None:
+        _checks.positive_int("top_k", top_k)
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
+            raise TypeError(f"top_p must be a float, got {top_p!r}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p={top_p} must lie in (0, 1]")
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits in the last dimension, set the rest to -inf (ties are kept)."""
+    _checks.positive_int("k", k)
+    k = min(k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter (Holtzman et al., 2020): keep the most probable tokens whose probabilities
+    sum to at least ``p`` (always at least the top one), set the rest to -inf."""
+    _check_sampling(1.0, None, p)
+    if p >= 1.0:
+        return logits
+    probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above
+    drop_sorted = mass_before >= p  # the tokens before these already reach p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token id per row of ``logits`` (B, V) → (B,) (or (V,) → a 0-dim tensor).
+
+    The logits are divided by ``temperature`` (< 1 sharpens, > 1 flattens), then filtered by
+    :func:`top_k_filter` and :func:`top_p_filter`, in that order. Pass a seeded
+    ``torch.Generator`` for reproducible draws.
+    """
+    _checks.tensor("logits", logits, floating=True)
+    if logits.dim() > 2:
+        raise ValueError(f"logits must have shape (B, V) or (V,), got {tuple(logits.shape)}")
+    _check_sampling(temperature, top_k, top_p)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    ids = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return ids.reshape(logits.shape[:-1])
+
+
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _autoregress(
+    step: Step,
+    new_caches: Callable[[], list] | None,
+    ys: torch.Tensor,
+    steps: int,
+    pick: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    window: int | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+) -> torch.Tensor:
+    """Append up to ``steps`` tokens to ``ys`` (B, T), choosing each with ``pick(logits (B, V))``.
+
+    With ``new_caches`` the first step feeds the whole prefix into fresh caches and every later
+    step only the newest token. ``window``: the longest context the model takes (its positional
+    table); once the cache is full, the last ``window`` tokens are re-encoded into fresh caches,
+    because the positions of all cached keys shift when the window slides. With ``eos_id``, a row
+    that produced it gets ``pad_id`` afterwards, and the loop stops when every row is done.
+    """
+    caches, fed = None, 0
+    done = torch.zeros(ys.shape[0], dtype=torch.bool, device=ys.device)
+    for _ in range(steps):
+        context = ys if window is None else ys[:, -window:]
+        if new_caches is None:
+            logits = step(context, None, 0)
+        elif caches is None or (window is not None and fed >= window):
+            caches = new_caches()
+            logits = step(context, caches, 0)
+            fed = context.shape[1]
+        else:
+            logits = step(ys[:, -1:], caches, fed)  # only the newest token, at position fed
+            fed += 1
+        nxt = pick(logits[:, -1])  # (B,) from the prediction after the last token
+        if eos_id is not None:
+            nxt = nxt.masked_fill(done, pad_id)
+            done |= nxt == eos_id
+        ys = torch.cat([ys, nxt[:, None]], dim=1)
+        if eos_id is not None and done.all():
+            break
+    return ys
+
+
+def reorder_caches(caches: list, rows: torch.Tensor) -> None:
+    """Keep the batch rows ``rows`` of every growing cache (beam search reorders its hypotheses);
+    static caches (cross-attention: equal across a sentence's beams) are left alone."""
+    for entry in caches:
+        for cache in entry if isinstance(entry, (tuple, list)) else (entry,):
+            if isinstance(cache, KVCache) and not cache.static:
+                cache.reorder(rows)
+
+
+def _lm_step(model: nn.Module) -> Step:
+    def step(ids: torch.Tensor, caches: list | None, start: int) -> torch.Tensor:
+        return model(ids, caches=caches, start=start)[0]  # (logits, loss) -> logits
+
+    return step
+
+
+def generate(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+) -> torch.Tensor:
+    """Continue the token ids ``idx`` (B, T) of a decoder-only model by ``max_new_tokens`` tokens.
+
+    The model must return ``(logits, loss)`` from ``model(ids, caches=...)`` and have
+    ``new_caches()`` (:class:`tformer.nn.gpt.GPT` does). ``do_sample=False`` is greedy (argmax)
+    decoding; otherwise each token is drawn by :func:`sample` with ``temperature``, ``top_k`` and
+    ``top_p``. The model runs in eval mode and is put back afterwards. A context longer than the
+    model's ``config.block_size`` is cut to its last ``block_size`` tokens.
+
+    Returns:
+        ``(B, T + n)`` ids, ``n <= max_new_tokens`` (fewer when every row has produced ``eos_id``;
+        a finished row is then filled with ``pad_id``).
+    """
+    _checks.tensor("idx", idx, floating=False)
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")
+    _check_sampling(temperature, top_k, top_p)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        if do_sample:
+            return sample(logits, temperature, top_k, top_p, generator=generator)
+        return logits.argmax(dim=-1)
+
+    window = getattr(getattr(model, "config", None), "block_size", None)
+    with eval_mode(model), torch.inference_mode():  # no dropout, no autograd bookkeeping
+        out = _autoregress(_lm_step(model), model.new_caches if use_cache else None, idx,
+                           max_new_tokens, pick, window=window, eos_id=eos_id, pad_id=pad_id)
+    return out.clone()  # a normal tensor again, usable in autograd outside inference mode
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def _prepare(model: nn.Module, src: torch.Tensor, src_mask: torch.Tensor | None, max_len: int | None):
+    _checks.tensor("src", src, ndim_min=2, floating=False)
+    if src_mask is None:
+        src_mask = model.make_src_mask(src)  # (B, 1, 1, S)
+    limit = model.config.max_len - 1  # position 0 holds <bos>
+    if max_len is None:
+        max_len = min(2 * src.shape[1] + 10, limit)
+    _checks.positive_int("max_len", max_len)
+    if max_len > limit:
+        raise ValueError(
+            f"max_len={max_len} exceeds what the positional table allows ({limit} = config.max_len - 1)"
+        )
+    return src_mask, max_len
+
+
+def _seq2seq_step(model: nn.Module, memory: torch.Tensor, src_mask: torch.Tensor) -> Step:
+    def step(ids: torch.Tensor, caches: list | None, start: int) -> torch.Tensor:
+        return model.decode(ids, memory, src_mask, caches=caches, start=start)
+
+    return step
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: nn.Module,
+    src: torch.Tensor,
+    src_mask: torch.Tensor | None = None,
+    *,
+    max_len: int | None = None,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Pick the most probable next token at every step until <eos> (or ``max_len`` tokens).
+
+    Args:
+        model: a :class:`tformer.nn.transformer.Transformer` (in eval mode while decoding).
+        src: source ids ``(B, S)``.
+        src_mask: ``(B, 1, 1, S)`` bool, True at real tokens; built from ``pad_id`` when None.
+        max_len: most tokens to generate (default ``2·S + 10``, capped by ``config.max_len - 1``).
+        use_cache: decode step by step with KV caches (same result, less work).
+
+    Returns:
+        ``(B, T)`` token ids without the leading <bos>; a finished row holds its <eos> and then
+        ``pad_id``.
+    """
+    src_mask, max_len = _prepare(model, src, src_mask, max_len)
+    with eval_mode(model):
+        memory = model.encode(src, src_mask)  # (B, S, d_model)
+        ys = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
+        ys = _autoregress(_seq2seq_step(model, memory, src_mask), model.new_caches if use_cache else None,
+                          ys, max_len, lambda logits: logits.argmax(dim=-1), eos_id=eos_id,
+                          pad_id=model.config.pad_id)
+    return ys[:, 1:]
+
+
+def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
+    """GNMT's lp(Y) = ((5 + \\|Y\\|) / 6)^α (Wu et al., 2016, Eq. 14); α = 0 means no normalisation.
+
+    Beam search ranks hypotheses by log P(Y | X) / lp(Y): without it, every extra token lowers
+    the summed log-probability and short translations win.
+    """
+    return ((5.0 + length.float()) / 6.0) ** alpha
+
+
+
+
+@torch.no_grad()
+def beam_search(
+    model: nn.Module,
+    src: torch.Tensor,
+    src_mask: torch.Tensor | None = None,
+    *,
+    beam_size: int = 4,
+    max_len: int | None = None,
+    alpha: float = 0.6,
+    bos_id: int = 1,
+    eos_id: int = 2,
+) -> torch.Tensor:
+    """Keep the ``beam_size`` best partial translations per sentence, for a whole batch at once.
+
+    Every step extends each of the k hypotheses by every token, scores the k·V candidates by
+    their summed log-probability divided by :func:`length_penalty` (α = 0.6 as in §6.1), and keeps
+    the k best. A hypothesis that has produced <eos> stays in the beam with its score frozen. At
+    the end the best-scoring hypothesis wins. ``beam_size=1`` is greedy decoding.
+
+    Returns:
+        ``(B, T)`` ids without <bos>, like :func:`greedy_decode`.
+    """
+    _checks.positive_int("beam_size", beam_size)
+    src_mask, max_len = _prepare(model, src, src_mask, max_len)
+    V, pad_id = model.config.tgt_vocab_size, model.config.pad_id
+    B, k, dev = src.shape[0], beam_size, src.device
+    with eval_mode(model):
+        memory = model.encode(src, src_mask).repeat_interleave(k, dim=0)  # (B·k, S, d_model)
+        step = _seq2seq_step(model, memory, src_mask.repeat_interleave(k, dim=0))
+        scores = torch.full((B, k), float("-inf"), device=dev)
+        scores[:, 0] = 0.0  # all k beams start identical: expand only the first
+        scores = scores.view(-1)  # (B·k,) summed log-probabilities
+        ys = torch.full((B * k, 1), bos_id, dtype=torch.long, device=dev)
+        lengths = torch.zeros(B * k, dtype=torch.long, device=dev)
+        done = torch.zeros(B * k, dtype=torch.bool, device=dev)
+        caches = model.new_caches()
+        offsets = (torch.arange(B, device=dev) * k)[:, None]  # (B, 1) first row of each sentence
+        for t in range(max_len):
+            logits = step(ys[:, -1:], caches, t)
+            logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B·k, V)
+            # a finished hypothesis may only be extended by padding, at no cost
+            logp[done] = float("-inf")
+            logp[done, pad_id] = 0.0
+            cand = scores[:, None] + logp  # (B·k, V)
+            new_len = (lengths + (~done).long())[:, None].expand(-1, V)  # (B·k, V)
+            ranked = cand / length_penalty(new_len, alpha)
+            _, idx = ranked.view(B, k * V).topk(k, dim=-1)  # (B, k)
+            beam, tok = idx // V, idx % V
+            rows = (offsets + beam).view(-1)  # (B·k,) which old hypothesis each new one extends
+            tok = tok.view(-1)
+            scores = cand[rows, tok]
+            lengths = new_len[rows, tok]
+            ys = torch.cat([ys[rows], tok[:, None]], dim=1)
+            done = done[rows] | (tok == eos_id)
+            reorder_caches(caches, rows)
+            if done.all():
+                break
+    final = (scores / length_penalty(lengths, alpha)).view(B, k)
+    best = offsets.squeeze(1) + final.argmax(dim=-1)  # (B,)
+    return ys[best, 1:]

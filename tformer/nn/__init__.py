@@ -1,0 +1,1 @@
+"""The networks: attention, positions, layers, and the models built from them (encoder–decoder, GPT, BERT)."""

@@ -1,0 +1,1 @@
+"""Training: objectives, learning-rate schedules, one model-agnostic loop, checkpoints, data parallelism."""
