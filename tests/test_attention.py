@@ -269,8 +269,8 @@ def test_mask_of_wrong_dtype_or_shape_is_rejected():
         mha(x, x, x, torch.ones(2, 1, 1, 5, dtype=torch.bool))
 
 
-def test_bad_masks_helpers_arguments():
-    with pytest.raises(ValueError, match="size=0"):
+def test_mask_helpers_reject_empty_sizes_float_ids_and_bad_lengths():
+    with pytest.raises(ValueError, match="T_q=0 must be a positive integer"):
         causal_mask(0)
     with pytest.raises(TypeError, match="integer token ids"):
         padding_mask(torch.ones(2, 3))

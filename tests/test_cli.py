@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from tformer.__main__ import main
 from tformer.data.corpus import load_builtin
 from tformer.data.text import BPETokenizer
-from tformer.__main__ import main
 
 TINY = ["--d-model", "32", "--num-heads", "2", "--num-layers", "1", "--dim-feedforward", "64",
         "--batch-tokens", "200", "--warmup", "50", "--lr-factor", "1", "--dropout", "0", "--quiet"]
@@ -160,7 +160,7 @@ def test_word_tokenizer_stays_the_default_and_writes_no_tokenizer_file(trained):
     from tformer.training.checkpoint import read_json
 
     _, out = trained
-    assert read_json(out / "config.json")["tokenizer"] == {"src": "zh_char", "tgt": "en_word"}
+    assert read_json(out / "config.json")["tokenizer"] == "word"
     assert not (out / "tgt_tokenizer.json").exists()
 
 
@@ -173,7 +173,7 @@ def test_bpe_checkpoint_saves_the_tokenizer_and_config_names_it(trained_bpe, tmp
                                                "tgt_tokenizer.json"}
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes left nothing behind
     config = read_json(out / "config.json")
-    assert config["tokenizer"] == {"src": "zh_char", "tgt": "bpe", "tgt_file": "tgt_tokenizer.json"}
+    assert config["tokenizer"] == "bpe"
     # round trip: the saved tokenizer reloads with the ids of tgt_vocab.json and saves back unchanged
     tok = BPETokenizer.load(out / "tgt_tokenizer.json")
     assert tok.vocab.to_dict() == read_json(out / "tgt_vocab.json")
@@ -197,7 +197,7 @@ def test_bpe_checkpoint_translates_and_evaluates_on_detokenized_text(trained_bpe
     lines = capsys.readouterr().out.strip().split("\n")
     assert len(lines) == 2
     translator = Translator.from_checkpoint(out, device="cpu")
-    assert translator.tgt_tokenizer is not None
+    assert translator.tokenizers.kind == "bpe" and translator.tokenizers.bpe is not None
     hyps = translator.translate([p.src for p in load_builtin("train")[:20]])
     for hyp in hyps + lines:  # text, not pieces: no word-start marks, single spaces
         assert "▁" not in hyp and "  " not in hyp and hyp == hyp.strip()
@@ -218,7 +218,7 @@ def test_resume_keeps_the_bpe_tokenizer_of_the_checkpoint(trained_bpe, tmp_path,
     assert main(["train", "--data", str(tsv), "--out", str(tmp_path / "ck"), "--epochs", "9", "--resume",
                  "--threads", "1", *TINY]) == 0
     assert "resuming from" in capsys.readouterr().out
-    assert read_json(tmp_path / "ck" / "config.json")["tokenizer"]["tgt"] == "bpe"
+    assert read_json(tmp_path / "ck" / "config.json")["tokenizer"] == "bpe"
     assert read_json(tmp_path / "ck" / "tgt_tokenizer.json") == before
 
 
@@ -241,7 +241,7 @@ def test_missing_or_corrupt_bpe_tokenizer_file_is_a_clear_error(trained_bpe, tmp
 
 
 def test_bad_tokenizer_arguments_are_refused(tmp_path, capsys):
-    from tformer.recipes.translation import build_bpe_vocabs, train_translation
+    from tformer.recipes.translation import Tokenizers, train_translation
 
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(tmp_path / "o"), "--tokenizer", "sentencepiece"])
@@ -252,7 +252,7 @@ def test_bad_tokenizer_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="tokenizer='char' must be one of"):
         train_translation({"train": []}, None, tokenizer="char")
     with pytest.raises(ValueError, match="bpe_vocab_size=4"):
-        build_bpe_vocabs(load_builtin("train")[:10], vocab_size=4)
+        Tokenizers.build(load_builtin("train")[:10], "bpe", bpe_vocab_size=4)
     assert not (tmp_path / "o").exists()
 
 

@@ -9,11 +9,13 @@ import zipfile
 import pytest
 import torch
 
-from tformer.data.corpus import ATTRIBUTIVE, HAVE, HELD_OUT_PAIRS, _pool, builtin_clause, combination_key, uses_held_out_pair
 from tformer.data.batches import make_batches, padding_fraction
 from tformer.data.corpus import (
+    ATTRIBUTIVE,
     FEELINGS,
     GO,
+    HAVE,
+    HELD_OUT_PAIRS,
     NAMES,
     NOUNS,
     PLACES,
@@ -24,22 +26,26 @@ from tformer.data.corpus import (
     Clause,
     NounPhrase,
     Pair,
+    _pool,
+    builtin_clause,
     builtin_splits,
+    combination_key,
     generate_pairs,
     kin_person,
     load_builtin,
     render,
+    uses_held_out_pair,
 )
 from tformer.data.sources import download_tatoeba, read_tsv_pairs
 from tformer.data.text import (
     SPECIALS,
     BPETokenizer,
-    TranslationData,
     Vocab,
     detokenize_en,
     tokenize_en,
     tokenize_zh,
 )
+from tformer.recipes.translation import Tokenizers
 
 # --------------------------------------------------------------------------- lexicon helpers
 
@@ -70,7 +76,8 @@ def act(subj, v, obj, tense="past", **kw):
 
 @pytest.fixture(scope="module")
 def builtin_data():
-    return TranslationData.builtin()
+    splits = builtin_splits()
+    return splits, Tokenizers.build(splits["train"])
 
 
 # --------------------------------------------------------------------------- the generator
@@ -212,10 +219,10 @@ def test_test_combinations_never_occur_in_training():
 
 
 def test_every_test_token_is_in_the_training_vocabulary(builtin_data):
-    data = builtin_data
-    for p in data.test + data.valid:
-        assert all(t in data.src_vocab for t in tokenize_zh(p.src)), p
-        assert all(t in data.tgt_vocab for t in tokenize_en(p.tgt)), p
+    splits, tok = builtin_data
+    for p in splits["test"] + splits["valid"]:
+        assert all(t in tok.src_vocab for t in tokenize_zh(p.src)), p
+        assert all(t in tok.tgt_vocab for t in tokenize_en(p.tgt)), p
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -268,12 +275,12 @@ def test_vocab_json_round_trip(tmp_path):
 
 
 def test_unknown_characters_encode_to_unk_not_crash(builtin_data):
-    data = builtin_data
-    ids = data.encode_src("我买了鬼书😀")
-    assert ids.shape == (1, 6)
-    assert ids[0, 3].item() == ids[0, 5].item() == data.src_vocab.unk_id
-    assert data.decode_tgt(data.tgt_vocab.encode(tokenize_en("I bought a book."), True, True)) == \
-        "I bought a book."
+    _, tok = builtin_data
+    ids = tok.src_vocab.encode(tok.tokenize_src("我买了鬼书😀"))
+    assert len(ids) == 6
+    assert ids[3] == ids[5] == tok.src_vocab.unk_id
+    ids = tok.tgt_vocab.encode(tokenize_en("I bought a book."), True, True)
+    assert tok.detokenize_tgt(tok.tgt_vocab.decode(ids)) == "I bought a book."
 
 
 def test_bpe_tokenizer_round_trip_unknowns_and_save(tmp_path):
@@ -296,7 +303,7 @@ def test_batch_shapes_shift_and_masks():
     pairs = [Pair("我买了书。", "I bought books ."), Pair("他来。", "He came .")]
     sv = Vocab.build(tokenize_zh(p.src) for p in pairs)
     tv = Vocab.build(tokenize_en(p.tgt) for p in pairs)
-    (b,) = make_batches(pairs, sv, tv, batch_size=8, shuffle=False, bucket=False)
+    (b,) = make_batches(pairs, sv, tv, tokenize_zh, tokenize_en, batch_size=8, shuffle=False, bucket=False)
     # target "I bought books ." = 4 tokens, + <bos> or <eos> = 5 positions
     assert b.src.shape == (2, 5) and b.tgt_in.shape == (2, 5) and b.tgt_out.shape == (2, 5)
     assert b.src_mask.shape == (2, 1, 1, 5) and b.tgt_mask.shape == (2, 1, 5, 5)
@@ -316,9 +323,10 @@ def test_batch_shapes_shift_and_masks():
 
 
 def test_bucketing_reduces_padding_versus_random_batches():
-    data = TranslationData(load_builtin("train")[:3000])
-    bucketed = data.batches("train", batch_size=32, seed=1)
-    plain = data.batches("train", batch_size=32, seed=1, bucket=False)
+    pairs = load_builtin("train")[:3000]
+    tok = Tokenizers.build(pairs)
+    bucketed = tok.batches(pairs, batch_size=32, seed=1)
+    plain = tok.batches(pairs, batch_size=32, seed=1, bucket=False)
     pb, pp = padding_fraction(bucketed), padding_fraction(plain)
     assert pb < 0.5 * pp, (pb, pp)
     for batches in (bucketed, plain):  # every pair used exactly once
@@ -326,19 +334,20 @@ def test_bucketing_reduces_padding_versus_random_batches():
 
 
 def test_max_tokens_batches_and_seeded_order():
-    data = TranslationData(load_builtin("train")[:2000])
-    batches = data.batches("train", max_tokens=400, seed=3)
+    pairs = load_builtin("train")[:2000]
+    tok = Tokenizers.build(pairs)
+    batches = tok.batches(pairs, max_tokens=400, seed=3)
     assert all(b.src.shape[0] * max(b.src.shape[1], b.tgt_in.shape[1]) <= 400 for b in batches)
     assert sum(len(b) for b in batches) == 2000
-    again = data.batches("train", max_tokens=400, seed=3)
-    other = data.batches("train", max_tokens=400, seed=4)
+    again = tok.batches(pairs, max_tokens=400, seed=3)
+    other = tok.batches(pairs, max_tokens=400, seed=4)
     assert [b.index.tolist() for b in again] == [b.index.tolist() for b in batches]
     assert [b.index.tolist() for b in other] != [b.index.tolist() for b in batches]
-    short = data.batches("train", batch_size=64, max_len=10)
+    short = tok.batches(pairs, batch_size=64, max_len=10)
     assert all(b.src.shape[1] <= 10 and b.tgt_in.shape[1] <= 10 for b in short)
     assert max(b.tgt_in.shape[1] for b in short) == 10  # the limit is inclusive
     with pytest.raises(ValueError, match="batch_size=0"):
-        data.batches("train", batch_size=0)
+        tok.batches(pairs, batch_size=0)
     assert batches[0].to("cpu").src.device.type == "cpu"
 
 
@@ -393,10 +402,8 @@ def test_bad_arguments_name_the_argument():
         generate_pairs(-1)
     v = Vocab.build([["a"]])
     with pytest.raises(ValueError, match="max_tokens=0"):
-        make_batches([Pair("a", "a")], v, v, max_tokens=0)
+        make_batches([Pair("a", "a")], v, v, tokenize_zh, tokenize_en, max_tokens=0)
     with pytest.raises(ValueError, match="id 99 is outside the vocabulary"):
         v.decode([99])
     with pytest.raises(ValueError, match="src_col and tgt_col are both 1"):
         read_tsv_pairs("unused.tsv", src_col=1, tgt_col=1)
-    with pytest.raises(ValueError, match="split='dev'"):
-        TranslationData([Pair("a", "a")]).batches("dev")

@@ -15,7 +15,7 @@ from tformer.inference.attention_maps import cross_attention
 from tformer.inference.generation import beam_search, greedy_decode, length_penalty
 from tformer.metrics import bleu, corpus_bleu, sentence_bleu
 from tformer.nn.transformer import Transformer, TransformerConfig
-from tformer.recipes.translation import Translator
+from tformer.recipes.translation import Tokenizers, Translator
 
 
 def _model(V: int = 23, seed: int = 0, max_len: int = 32) -> Transformer:
@@ -143,7 +143,7 @@ def translator() -> Translator:
     torch.manual_seed(0)
     cfg = TransformerConfig(len(sv), len(tv), d_model=16, num_heads=2, num_encoder_layers=1,
                             num_decoder_layers=1, dim_feedforward=32, max_len=24)
-    return Translator(Transformer(cfg), sv, tv, device="cpu")
+    return Translator(Transformer(cfg), Tokenizers("word", sv, tv), device="cpu")
 
 
 def test_translator_maps_unknown_characters_to_unk_instead_of_crashing(translator):

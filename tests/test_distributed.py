@@ -10,9 +10,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from tformer.training.distributed import TORCHRUN_ENV, rank_losses, shard
 from tformer.runtime import autocast_context, make_grad_scaler, pick_device
-from tformer.training.distributed import DistInfo, init_distributed, shard, wrap_ddp
+from tformer.training.distributed import (
+    TORCHRUN_ENV,
+    DistInfo,
+    init_distributed,
+    shard,
+    wrap_ddp,
+)
 from tformer.training.objectives import GlobalMeanLoss
 
 HAS_GLOO = dist.is_available() and dist.is_gloo_available()
@@ -244,22 +249,22 @@ def _run_checker(name, fn, capsys):
 
 
 def test_shard_checker_accepts_a_strided_solution_and_rejects_uneven_or_contiguous_shards(capsys):
-    ok, out = _run_checker("shard", lambda items, r, w: list(items[r : len(items) - len(items) % w : w]), capsys)
+    ok, out = _run_checker("distributed.shard", lambda items, r, w: list(items[r : len(items) - len(items) % w : w]), capsys)
     assert ok and "all 5 cases pass" in out
-    ok, out = _run_checker("shard", lambda items, r, w: list(items[r::w]), capsys)  # keeps the tail
+    ok, out = _run_checker("distributed.shard", lambda items, r, w: list(items[r::w]), capsys)  # keeps the tail
     assert not ok and "sizes [4, 4, 3]" in out and "same number of items" in out
     ok, out = _run_checker(
-        "shard", lambda items, r, w: list(items[r * (len(items) // w) : (r + 1) * (len(items) // w)]), capsys
+        "distributed.shard", lambda items, r, w: list(items[r * (len(items) // w) : (r + 1) * (len(items) // w)]), capsys
     )
     assert not ok and "every world_size-th item" in out
 
 
 def test_rank_losses_checker_accepts_global_normalisation_and_names_the_mean_of_means(capsys):
-    ok, out = _run_checker("rank_losses", lambda s, n: len(n) * s / n.sum(), capsys)
+    ok, out = _run_checker("distributed.rank_losses", lambda s, n: len(n) * s / n.sum(), capsys)
     assert ok and "all 4 cases pass" in out
-    ok, out = _run_checker("rank_losses", lambda s, n: s / n, capsys)
+    ok, out = _run_checker("distributed.rank_losses", lambda s, n: s / n, capsys)
     assert not ok and "mean of the per-process means" in out
-    ok, out = _run_checker("rank_losses", lambda s, n: s / n.sum(), capsys)  # forgot × W
+    ok, out = _run_checker("distributed.rank_losses", lambda s, n: s / n.sum(), capsys)  # forgot × W
     assert not ok and "must be Σ S_r / Σ n_r" in out
 
 

@@ -12,12 +12,12 @@ from tformer.benchmarks import kv_cache as kv_bench
 from tformer.course.exercises import CheckFailed, check
 from tformer.course.exercises.gpt import CHECKS
 from tformer.data.batches import random_windows
-from tformer.data.sources import course_text, load_text
+from tformer.data.sources import course_text, load_text, tiny_shakespeare
 from tformer.data.text import CharTokenizer
-from tformer.inference.generation import sample, top_k_filter, top_p_filter
+from tformer.inference.generation import generate, sample, top_k_filter, top_p_filter
 from tformer.nn.gpt import GPT, GPTConfig
 from tformer.recipes.language_model import evaluate_loss
-from tformer.training.optim import warmup_cosine_lr
+from tformer.training.optim import make_adamw, warmup_cosine_lr
 
 NEG_INF = float("-inf")
 
@@ -81,7 +81,7 @@ def test_weight_tying_shares_one_tensor_and_untied_does_not():
 
 def test_optimizer_decays_matrices_but_not_gains():
     model = tiny()
-    decay, no_decay = model.configure_optimizer(weight_decay=0.1).param_groups
+    decay, no_decay = make_adamw(model, weight_decay=0.1).param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"])
     assert all(p.dim() == 1 for p in no_decay["params"])
@@ -101,7 +101,7 @@ def test_tiny_model_overfits_a_tiny_text():
     ids = tok.encode("hello world! " * 4)
     torch.manual_seed(0)
     model = GPT(GPTConfig(tok.vocab_size, block_size=16, num_layers=1, num_heads=2, d_model=32))
-    opt = model.configure_optimizer(lr=1e-2, weight_decay=0.0)
+    opt = make_adamw(model, lr=1e-2, weight_decay=0.0)
     x, y = ids[None, :16], ids[None, 1:17]
     model.train()
     for _ in range(120):
@@ -110,7 +110,7 @@ def test_tiny_model_overfits_a_tiny_text():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
-    out = model.generate(tok.encode("hel")[None], 10, do_sample=False)
+    out = generate(model, tok.encode("hel")[None], 10, do_sample=False)
     assert tok.decode(out[0]) == "hello world! "
 
 
@@ -121,8 +121,8 @@ def test_greedy_generation_is_identical_with_and_without_the_cache_even_past_blo
     model = tiny()
     prompt = torch.randint(0, 11, (2, 5))
     # 5 + 20 > block_size = 12: the window slides, so both paths must crop the same way
-    a = model.generate(prompt, 20, do_sample=False, use_cache=True)
-    b = model.generate(prompt, 20, do_sample=False, use_cache=False)
+    a = generate(model, prompt, 20, do_sample=False, use_cache=True)
+    b = generate(model, prompt, 20, do_sample=False, use_cache=False)
     assert a.shape == (2, 25)
     assert torch.equal(a, b)
     assert torch.equal(a[:, :5], prompt)
@@ -132,23 +132,24 @@ def test_sampled_generation_is_identical_with_and_without_the_cache_for_the_same
     model = tiny()
     prompt = torch.randint(0, 11, (3, 4))
     kw = dict(temperature=0.8, top_k=6, top_p=0.9)
-    a = model.generate(prompt, 15, generator=torch.Generator().manual_seed(1), **kw)
-    b = model.generate(prompt, 15, use_cache=False, generator=torch.Generator().manual_seed(1), **kw)
+    a = generate(model, prompt, 15, do_sample=True, generator=torch.Generator().manual_seed(1), **kw)
+    b = generate(model, prompt, 15, do_sample=True, use_cache=False, generator=torch.Generator().manual_seed(1), **kw)
     assert torch.equal(a, b)
 
 
 def test_top_k_1_sampling_equals_greedy_decoding():
     model = tiny()
     prompt = torch.randint(0, 11, (2, 3))
-    assert torch.equal(model.generate(prompt, 8, top_k=1), model.generate(prompt, 8, do_sample=False))
+    sampled = generate(model, prompt, 8, do_sample=True, top_k=1)
+    assert torch.equal(sampled, generate(model, prompt, 8, do_sample=False))
 
 
 def test_prompt_longer_than_block_size_uses_its_last_block_size_tokens():
     model = tiny()
     prompt = torch.randint(0, 11, (1, 30))
     for use_cache in (True, False):
-        out = model.generate(prompt, 4, do_sample=False, use_cache=use_cache)
-        cropped = model.generate(prompt[:, -12:], 4, do_sample=False, use_cache=use_cache)
+        out = generate(model, prompt, 4, do_sample=False, use_cache=use_cache)
+        cropped = generate(model, prompt[:, -12:], 4, do_sample=False, use_cache=use_cache)
         assert torch.equal(out[:, :30], prompt)
         assert torch.equal(out[:, 30:], cropped[:, 12:])
 
@@ -156,8 +157,8 @@ def test_prompt_longer_than_block_size_uses_its_last_block_size_tokens():
 def test_generate_restores_training_mode_and_zero_tokens_returns_prompt():
     model = tiny().train()
     prompt = torch.randint(0, 11, (1, 3))
-    assert torch.equal(model.generate(prompt, 0), prompt)
-    model.generate(prompt, 2)
+    assert torch.equal(generate(model, prompt, 0, do_sample=True), prompt)
+    generate(model, prompt, 2, do_sample=True)
     assert model.training
 
 
@@ -232,7 +233,7 @@ def test_generate_rejects_bad_sampling_arguments(kwargs, error, match):
     args = dict(max_new_tokens=3)
     args.update(kwargs)
     with pytest.raises(error, match=match):
-        model.generate(torch.zeros(1, 2, dtype=torch.long), **args)
+        generate(model, torch.zeros(1, 2, dtype=torch.long), do_sample=True, **args)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +252,7 @@ def test_bad_prompts_are_rejected_by_forward_and_generate(idx, error, match):
     with pytest.raises(error, match=match):
         model(idx)
     with pytest.raises(error, match=match):
-        model.generate(idx, 2)
+        generate(model, idx, 2, do_sample=True)
 
 
 def test_forward_rejects_too_long_inputs_and_a_wrong_start():
@@ -360,9 +361,25 @@ def test_evaluation_covers_every_token_once():
     assert got == pytest.approx((sum(expected) / 10).item(), rel=1e-5)
 
 
-def test_benchmark_skips_clearly_without_data_and_runs_quick_on_a_small_file(tmp_path):
-    missing = gpt_bench.run(quick=True, data=tmp_path / "none.txt")
-    assert "not found" in missing["skipped"]
+def test_benchmark_reads_the_shipped_tiny_shakespeare_when_no_data_file_is_given(monkeypatch):
+    text = tiny_shakespeare()
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:")
+    calls = []
+
+    def small_shakespeare():  # the real text is 1 MB; a slice keeps the quick run quick
+        calls.append(True)
+        return text[:3000]
+
+    monkeypatch.setattr(gpt_bench, "tiny_shakespeare", small_shakespeare)
+    result = gpt_bench.run(quick=True)
+    assert calls == [True]
+    assert result["metrics"]["iterations"] == 20
+    assert math.isfinite(result["metrics"]["val_loss"])
+
+
+def test_benchmark_runs_quick_on_a_small_data_file_and_names_a_missing_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no text file at .*none.txt"):
+        gpt_bench.run(quick=True, data=tmp_path / "none.txt")
     path = tmp_path / "t.txt"
     path.write_text("to be or not to be, that is the question.\n" * 60, encoding="utf-8")
     result = gpt_bench.run(quick=True, data=path)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tformer.nn.transformer import (
     Decoder,
@@ -166,10 +167,20 @@ def test_same_seed_same_model_and_output():
     assert torch.equal(outs[0], outs[1])
 
 
-def test_final_layer_norm_only_in_pre_ln():
+def test_pre_ln_stack_ends_with_a_layer_norm_and_post_ln_stack_does_not():
     assert Encoder(small_config()).norm is None and Decoder(small_config()).norm is None
-    assert Encoder(small_config(norm_first=True)).norm is not None
-    assert Decoder(small_config(norm_first=True)).norm is not None
+    x = torch.randn(2, 5, 32)
+    for norm_first in (False, True):
+        enc = Encoder(small_config(norm_first=norm_first)).eval()
+        by_hand = x
+        for layer in enc.layers:
+            by_hand = layer(by_hand)
+        if norm_first:  # pre-LN: the stack's output is LayerNorm(last layer's output)
+            assert isinstance(enc.norm, torch.nn.LayerNorm) and enc.norm.eps == enc.layers[0].norm1.eps
+            by_hand = F.layer_norm(by_hand, (32,), enc.norm.weight, enc.norm.bias, enc.norm.eps)
+        torch.testing.assert_close(enc(x), by_hand)
+    dec = Decoder(small_config(norm_first=True))
+    assert isinstance(dec.norm, torch.nn.LayerNorm)
 
 
 def test_kept_attention_weights_do_not_change_the_output(model):
@@ -281,12 +292,3 @@ def test_architecture_diagram_is_drawn_from_the_model():
         draw_architecture(torch.nn.Linear(2, 2))
 
 
-def test_gpt_is_reachable_from_tformer_model():
-    from tformer.nn.gpt import GPT, GPTConfig
-    from tformer.nn.gpt import GPT, GPTConfig
-
-    assert GPT is GPT and GPTConfig is GPTConfig
-    import tformer.nn.transformer
-
-    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        tformer.nn.transformer.Nope  # noqa: B018

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from tformer import pretrained  # noqa: E402
 from tformer.course.exercises import check  # noqa: E402
 from tformer.course.exercises import pretrained as ex  # noqa: E402
+from tformer.nn.bert import key_padding_mask  # noqa: E402
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -346,7 +347,7 @@ def test_mean_pool_checker_accepts_reference_and_explains_mistakes(capsys):
 
 
 def test_key_padding_mask_checker_accepts_reference_and_explains_mistakes(capsys):
-    assert check("pretrained.key_padding_mask", pretrained.key_padding_mask)
+    assert check("pretrained.key_padding_mask", key_padding_mask)
     assert not check("pretrained.key_padding_mask", lambda m: (m == 0)[:, None, None, :])
     assert "inverted" in capsys.readouterr().out
     assert not check("pretrained.key_padding_mask", lambda m: m.bool())

@@ -14,7 +14,7 @@ from tformer.data.batches import make_batches
 from tformer.data.corpus import load_builtin
 from tformer.data.text import Vocab, tokenize_en, tokenize_zh
 from tformer.nn.transformer import Transformer, TransformerConfig
-from tformer.training.checkpoint import load_checkpoint, save_checkpoint
+from tformer.training.checkpoint import load_checkpoint, read_config, read_json, save_checkpoint
 from tformer.training.loop import TrainState, evaluate, fit, train_epoch
 from tformer.training.objectives import LabelSmoothingLoss
 from tformer.training.optim import make_optimizer, noam_lr, noam_scheduler
@@ -115,7 +115,7 @@ def _tiny(seed: int = 0, n: int = 48):
     sched = noam_scheduler(opt, 16, warmup=4, factor=1.0)
 
     def batches(epoch: int):
-        return make_batches(pairs, sv, tv, batch_size=8, shuffle=True, seed=epoch)
+        return make_batches(pairs, sv, tv, tokenize_zh, tokenize_en, batch_size=8, shuffle=True, seed=epoch)
 
     return model, opt, sched, batches, sv, tv
 
@@ -156,7 +156,7 @@ def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_run(tmp_pa
     part = fit(model, batches, batches(99), epochs=3, loss_fn=loss_fn, optimizer=opt, scheduler=sched,
                max_steps=9, progress=False, log=None)
     assert not part.finished and part.step == 9 and part.batch_in_epoch == 3
-    save_checkpoint(tmp_path, model, opt, sched, part, src_vocab=sv, tgt_vocab=tv)
+    save_checkpoint(tmp_path, model, opt, sched, part, files={"src_vocab.json": sv, "tgt_vocab.json": tv})
     torch.manual_seed(999)  # disturb the global RNG: the checkpoint must restore it
     model2, opt2, sched2, batches, *_ = _tiny(seed=7)
     ckpt = load_checkpoint(tmp_path, model2, opt2, sched2)
@@ -204,8 +204,14 @@ def test_train_epoch_works_inside_distributed_data_parallel(tmp_path):
 def _saved(tmp_path):
     model, opt, sched, batches, sv, tv = _tiny()
     state = train_and_state(model, opt, sched, batches)
-    save_checkpoint(tmp_path, model, opt, sched, state, config={"note": "x"}, src_vocab=sv, tgt_vocab=tv)
+    save_checkpoint(tmp_path, model, opt, sched, state, config={"note": "x"},
+                    files={"src_vocab.json": sv, "tgt_vocab.json": tv})
     return model, sv, tv
+
+
+def _model_for(directory):
+    """A fresh model built from the checkpoint's own config, as a caller of load_checkpoint must."""
+    return Transformer(TransformerConfig.from_dict(read_config(directory)["model"]))
 
 
 def train_and_state(model, opt, sched, batches):
@@ -219,11 +225,12 @@ def test_checkpoint_round_trip_keeps_weights_vocab_and_config(tmp_path):
     names = sorted(os.listdir(tmp_path))
     assert names == ["config.json", "model.safetensors", "optimizer.safetensors", "src_vocab.json",
                      "state.json", "tgt_vocab.json"]
-    ckpt = load_checkpoint(tmp_path)
+    ckpt = load_checkpoint(tmp_path, _model_for(tmp_path))
     for k, v in model.state_dict().items():
         assert torch.equal(ckpt.model.state_dict()[k], v), k
     assert ckpt.model.generator.weight is ckpt.model.tgt_embed.weight  # tying survives
-    assert ckpt.src_vocab == sv and ckpt.tgt_vocab == tv
+    assert Vocab.from_dict(read_json(tmp_path / "src_vocab.json")) == sv
+    assert Vocab.from_dict(read_json(tmp_path / "tgt_vocab.json")) == tv
     assert ckpt.config["note"] == "x" and ckpt.state.step == 2
     # scalars are JSON, never pickle
     assert json.loads((tmp_path / "state.json").read_text())["step"] == 2
@@ -231,7 +238,7 @@ def test_checkpoint_round_trip_keeps_weights_vocab_and_config(tmp_path):
 
 def test_checkpoint_config_mismatch_names_the_field(tmp_path):
     _saved(tmp_path)
-    ckpt = load_checkpoint(tmp_path)
+    ckpt = load_checkpoint(tmp_path, _model_for(tmp_path))
     other = TransformerConfig(**{**ckpt.model.config.to_dict(), "d_model": 32})
     with pytest.raises(ValueError, match="d_model: checkpoint 16, model 32"):
         load_checkpoint(tmp_path, Transformer(other))
@@ -239,17 +246,17 @@ def test_checkpoint_config_mismatch_names_the_field(tmp_path):
 
 def test_missing_or_corrupt_checkpoint_files_raise_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_checkpoint(tmp_path / "nope")
-    _saved(tmp_path)
+        load_checkpoint(tmp_path / "nope", _tiny()[0])
+    model, *_ = _saved(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt or truncated"):
-        load_checkpoint(tmp_path)
+        load_checkpoint(tmp_path, model)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        load_checkpoint(tmp_path)
+        load_checkpoint(tmp_path, model)
     (tmp_path / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
-        load_checkpoint(tmp_path)
+        load_checkpoint(tmp_path, model)
 
 
 def test_files_from_different_saves_are_detected(tmp_path):
@@ -261,7 +268,7 @@ def test_files_from_different_saves_are_detected(tmp_path):
     save_checkpoint(tmp_path, model, opt, sched, state)
     (tmp_path / "state.json").write_text(saved_state)  # as if the last save died before state.json
     with pytest.raises(ValueError, match="different saves"):
-        load_checkpoint(tmp_path)
+        load_checkpoint(tmp_path, _model_for(tmp_path))
 
 
 def test_a_failed_save_leaves_the_previous_file_and_no_temporary_file(tmp_path, monkeypatch):

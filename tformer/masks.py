@@ -74,7 +74,9 @@ def padding_mask(
         lengths_or_ids = torch.tensor(lengths_or_ids)
     x = _checks.tensor("lengths_or_ids", lengths_or_ids)
     if x.is_floating_point():
-        raise TypeError(f"lengths_or_ids must hold integers (ids or lengths), got dtype {x.dtype}")
+        raise TypeError(
+            f"lengths_or_ids must hold integer token ids or lengths (torch.long), got dtype {x.dtype}"
+        )
     if x.dim() == 2:
         return (x != pad_id)[:, None, None, :]
     if x.dim() != 1:

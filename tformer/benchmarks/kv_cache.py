@@ -18,12 +18,13 @@ import time
 import torch
 
 from tformer.benchmarks import print_result
+from tformer.inference.generation import generate
 from tformer.nn.gpt import GPT, GPTConfig
 
 
 def _time_generate(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool):
     t0 = time.perf_counter()
-    out = model.generate(prompt, n, do_sample=False, use_cache=use_cache)
+    out = generate(model, prompt, n, do_sample=False, use_cache=use_cache)
     return time.perf_counter() - t0, out
 
 

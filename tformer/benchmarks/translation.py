@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from tformer.data.corpus import builtin_splits
 from tformer.benchmarks import print_result
+from tformer.data.corpus import builtin_splits
 from tformer.recipes.translation import Settings, evaluate_bleu, train_translation
 
 

@@ -20,6 +20,8 @@ from matplotlib import font_manager
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from tformer.course import diagram
+
 _CJK_FONTS = (
     "Noto Sans CJK SC",
     "Noto Sans CJK JP",
@@ -301,6 +303,4 @@ def plot_lr_schedule(
 
 def draw_architecture(model: torch.nn.Module, ax: Axes | None = None) -> Figure:
     """Draw the model's block diagram (see :mod:`tformer.course.diagram`)."""
-    from tformer.course.diagram import draw_architecture as draw
-
-    return draw(model, ax)
+    return diagram.draw_architecture(model, ax)

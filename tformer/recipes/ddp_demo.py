@@ -67,12 +67,12 @@ class RunConfig:
             raise TypeError(f"model must be a dict of TransformerConfig fields, got {type(self.model).__name__}")
         self.model = {**TINY_MODEL, **self.model}
         self.model_config(8, 8)  # checks the sizes, once, in TransformerConfig
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype={self.dtype!r} must be 'float64' or 'float32'")
 
     def model_config(self, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0) -> TransformerConfig:
         return TransformerConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
                                  pad_id=pad_id, **self.model)
-        if self.dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype={self.dtype!r} must be 'float64' or 'float32'")
 
 
 def _build(cfg: RunConfig, rank: int, world_size: int):
