@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a translation model and save checkpoints",
                        description="Train a Transformer on the built-in corpus or a Tatoeba-style TSV "
                        "(English<TAB>Chinese<TAB>attribution). Checkpoints go to --out after every epoch.")
-    t.add_argument("--data", default="builtin", help="'builtin' or a TSV file (default: builtin)")
+    t.add_argument("--data", default="builtin", help="'builtin', 'tatoeba' or a TSV file (default: builtin)")
     t.add_argument("--out", default=DEFAULT_DIR,
                    help=f"checkpoint directory, created if needed (default: {DEFAULT_DIR})")
     t.add_argument("--max-minutes", type=_positive_minutes, default=d.max_minutes,
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Translate a data split and print sacrebleu's corpus BLEU, computed on "
                        "detokenized text (so word and BPE checkpoints are scored alike).")
     e.add_argument("--checkpoint", default=DEFAULT_DIR, help=f"default: {DEFAULT_DIR}")
-    e.add_argument("--data", default="builtin", help="'builtin' or a TSV file (default: builtin)")
+    e.add_argument("--data", default="builtin", help="'builtin', 'tatoeba' or a TSV file (default: builtin)")
     e.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
                    help="which split (a TSV is split 90/5/5 exactly as 'train' split it; default: test)")
     e.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1 = greedy)")

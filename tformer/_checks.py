@@ -18,10 +18,24 @@ def integer(name: str, value: object, *, minimum: int | None = None, why: str = 
     return value
 
 
+def int_at_least(name: str, value: object, minimum: int, expected: str | None = None) -> int:
+    """Return ``value`` if it is an ``int`` (not a bool) >= ``minimum``; else a ``ValueError``
+    saying ``{name}={value!r} must be {expected}`` (default: "an int >= minimum")."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be {expected or f'an int >= {minimum}'}")
+    return value
+
+
+def number(name: str, value: object) -> float:
+    """Return ``value`` if it is a real number (int or float, not a bool), else a ``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {value!r}")
+    return value
+
+
 def positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an ``int`` > 0, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    integer(name, value)
     if value <= 0:
         raise ValueError(f"{name}={value} must be a positive integer")
     return value

@@ -50,8 +50,7 @@ def causal_mask(
     ``offset + T_q``.
     """
     _checks.positive_int("T_q", T_q)
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset={offset!r} must be an int >= 0 (the number of cached positions)")
+    _checks.int_at_least("offset", offset, 0, "an int >= 0 (the number of cached positions)")
     T_k = offset + T_q if T_k is None else _checks.positive_int("T_k", T_k)
     return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril_(offset)
 

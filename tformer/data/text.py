@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+import tformer._checks as _checks
+
 _ZH_TOKEN = re.compile(r"[A-Za-z0-9]+|\S")
 _EN_TOKEN = re.compile(
     r"""\d+(?:[.,:]\d+)*                 # 3.5  10,000  7:30
@@ -115,8 +117,7 @@ class Vocab:
         ``max_size`` caps the whole table, the four specials included. Ties are broken
         alphabetically, so the same data always gives the same ids.
         """
-        if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
-            raise ValueError(f"min_freq={min_freq!r} must be an int >= 1")
+        _checks.int_at_least("min_freq", min_freq, 1)
         if max_size is not None and (not isinstance(max_size, int) or max_size < len(SPECIALS)):
             raise ValueError(f"max_size={max_size!r} must be None or an int >= {len(SPECIALS)} "
                              "(the specials count towards it)")

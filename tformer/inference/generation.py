@@ -28,8 +28,7 @@ Step = Callable[[torch.Tensor, "list | None", int], torch.Tensor]
 # --------------------------------------------------------------------------- choosing a token
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float, got {temperature!r}")
+    _checks.number("temperature", temperature)
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(
             f"temperature={temperature} must be a finite number > 0 (use do_sample=False for argmax)"
@@ -37,8 +36,7 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) 
     if top_k is not None:
         _checks.positive_int("top_k", top_k)
     if top_p is not None:
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
-            raise TypeError(f"top_p must be a float, got {top_p!r}")
+        _checks.number("top_p", top_p)
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p={top_p} must lie in (0, 1]")
 
@@ -183,8 +181,7 @@ def generate(
     _checks.tensor("idx", idx, floating=False)
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")
+    _checks.int_at_least("max_new_tokens", max_new_tokens, 0)
     _check_sampling(temperature, top_k, top_p)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:

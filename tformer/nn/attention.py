@@ -151,13 +151,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
-        _checks.positive_int("d_model", d_model)
-        _checks.positive_int("num_heads", num_heads)
-        if d_model % num_heads:
-            raise ValueError(
-                f"d_model={d_model} must be divisible by num_heads={num_heads} "
-                "(each head gets d_model/num_heads dims)"
-            )
+        _checks.heads_divide(d_model, num_heads)
         self.d_model, self.num_heads, self.d_k = d_model, num_heads, d_model // num_heads
         self.dropout = _checks.probability("dropout", dropout)
         self.w_q = nn.Linear(d_model, d_model, bias=bias)

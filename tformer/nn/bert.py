@@ -50,16 +50,11 @@ class BertConfig:
     pad_id: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "dim_feedforward",
-                     "max_len", "type_vocab_size"):
+        for name in ("vocab_size", "num_layers", "dim_feedforward", "max_len", "type_vocab_size"):
             _checks.positive_int(name, getattr(self, name))
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"d_model={self.d_model} must be divisible by num_heads={self.num_heads} "
-                "(each head gets d_model/num_heads dims)"
-            )
+        _checks.heads_divide(self.d_model, self.num_heads)
         eps = self.layer_norm_eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        if _checks.positive_float("layer_norm_eps", eps, "1e-12") >= 1:
             raise ValueError(f"layer_norm_eps={eps!r} must be a small positive float such as 1e-12")
         _checks.probability("dropout", self.dropout)
         if self.activation not in ACTIVATIONS:

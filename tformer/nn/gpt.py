@@ -44,20 +44,15 @@ class GPTConfig:
     activation: str = "gelu"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "num_layers", "num_heads", "d_model"):
+        for name in ("vocab_size", "block_size", "num_layers"):
             _checks.positive_int(name, getattr(self, name))
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"d_model={self.d_model} must be divisible by num_heads={self.num_heads} "
-                "(each head gets d_model/num_heads dims)"
-            )
+        _checks.heads_divide(self.d_model, self.num_heads)
         if self.dim_feedforward is None:
             self.dim_feedforward = 4 * self.d_model
         _checks.positive_int("dim_feedforward", self.dim_feedforward)
         _checks.probability("dropout", self.dropout)
         for name in ("bias", "tie_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            _checks.boolean(name, getattr(self, name))
         if self.positions not in ("learned", "sinusoidal"):
             raise ValueError(f"positions={self.positions!r} must be 'learned' or 'sinusoidal'")
         if self.activation not in ("gelu", "relu"):

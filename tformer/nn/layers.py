@@ -35,11 +35,9 @@ def _check_activation(activation: object) -> str:
 
 
 def _check_layer_args(d_model: int, num_heads: int, dim_feedforward: int, layer_norm_eps: float) -> None:
-    _checks.positive_int("d_model", d_model)
-    _checks.positive_int("num_heads", num_heads)
+    _checks.heads_divide(d_model, num_heads)  # checked before any sub-layer is built
     _checks.positive_int("dim_feedforward", dim_feedforward)
-    if isinstance(layer_norm_eps, bool) or not isinstance(layer_norm_eps, (int, float)) or layer_norm_eps <= 0:
-        raise ValueError(f"layer_norm_eps={layer_norm_eps!r} must be a positive float (e.g. 1e-5)")
+    _checks.positive_float("layer_norm_eps", layer_norm_eps, "1e-5")
 
 
 def _check_x(name: str, x: torch.Tensor, d_model: int) -> None:

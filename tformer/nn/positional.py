@@ -37,8 +37,7 @@ def _check_sequence(x: torch.Tensor, d_model: int, max_len: int, start: int) -> 
     _checks.tensor("x", x, ndim_min=3, floating=True)
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ValueError(f"x must have shape (B, T, d_model={d_model}), got {tuple(x.shape)}")
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ValueError(f"start={start!r} must be a non-negative int")
+    _checks.int_at_least("start", start, 0, "a non-negative int")
     end = start + x.shape[1]
     if end > max_len:
         raise ValueError(

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import tformer._checks as _checks
-from tformer.data import corpus, sources
+from tformer.data import corpus, sources, tatoeba
 from tformer.data.batches import Batch, make_batches
 from tformer.data.corpus import Pair
 from tformer.data.text import SPECIALS, BPETokenizer, Vocab, detokenize_en, tokenize_en, tokenize_zh
@@ -185,16 +185,23 @@ class Settings:
 
 
 def load_data(source: str, *, seed: int = 0, errors: str = "raise", log=print) -> dict[str, list[Pair]]:
-    """``"builtin"`` → the built-in splits; a path → a Tatoeba-style TSV split 90/5/5 with ``seed``.
+    """``"builtin"`` → the built-in splits; ``"tatoeba"`` → the shipped Tatoeba pairs in their fixed
+    splits (:func:`tformer.data.tatoeba.tatoeba_splits`); a path → a Tatoeba-style TSV split
+    90/5/5 with ``seed``.
 
-    The file split is deterministic, so ``evaluate`` finds the same held-out test sentences that
+    Every split is deterministic, so ``evaluate`` finds the same held-out test sentences that
     ``train`` never saw.
     """
     if source == "builtin":
         return corpus.builtin_splits()
+    if source == "tatoeba":
+        return tatoeba.tatoeba_splits()
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"--data {source!r}: no such file (use 'builtin' for the built-in corpus)")
+        raise FileNotFoundError(
+            f"--data {source!r}: no such file (use 'builtin' for the built-in corpus or 'tatoeba' for "
+            "the shipped Tatoeba sentences)"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the count of skipped lines is printed below instead
         pairs = sources.read_tsv_pairs(path, errors=errors)

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import tformer._checks as _checks
 from tformer.runtime import is_distributed
 
 T = TypeVar("T")
@@ -141,9 +142,8 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     """
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise TypeError(f"items must be a sequence (list, tuple, range), got {type(items).__name__}")
-    for name, value in (("rank", rank), ("world_size", world_size)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    _checks.integer("rank", rank)
+    _checks.integer("world_size", world_size)
     if world_size < 1:
         raise ValueError(f"world_size={world_size} must be >= 1")
     if not 0 <= rank < world_size:

@@ -21,8 +21,7 @@ def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
     The rate grows linearly for the first ``warmup`` steps, peaks at step = warmup, and then
     decays with the inverse square root of the step number. Steps count from 1.
     """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"step={step!r} must be an int >= 1 (the schedule counts steps from 1)")
+    _checks.int_at_least("step", step, 1, "an int >= 1 (the schedule counts steps from 1)")
     _checks.positive_int("d_model", d_model)
     _checks.positive_int("warmup", warmup)
     if not factor > 0:
@@ -85,8 +84,7 @@ def warmup_cosine_scheduler(
     """A ``LambdaLR`` following :func:`warmup_cosine_lr` from the optimizer's ``lr`` down to
     ``min_ratio · lr``; call ``scheduler.step()`` after every ``optimizer.step()``."""
     _checks.positive_int("total", total)
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup={warmup!r} must be an int >= 0")
+    _checks.int_at_least("warmup", warmup, 0)
     if not 0.0 <= min_ratio <= 1.0:
         raise ValueError(f"min_ratio={min_ratio!r} must lie in [0, 1]")
     return torch.optim.lr_scheduler.LambdaLR(
