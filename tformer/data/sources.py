@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import tformer._checks as _checks
@@ -35,8 +35,12 @@ def read_tsv_pairs(path: str | Path, src_col: int = 1, tgt_col: int = 0,
     """Read a tab-separated parallel file, e.g. Tatoeba's ``cmn-eng`` (``English<TAB>Chinese<TAB>
     attribution``; the defaults read it as Chinese→English). See :func:`parse_tsv_lines`."""
     path = Path(path)
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        return parse_tsv_lines(f, str(path), src_col, tgt_col, errors)
+
+    def lines() -> Iterator[str]:  # opened only once the arguments have been checked
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            yield from f
+
+    return parse_tsv_lines(lines(), str(path), src_col, tgt_col, errors)
 
 
 def parse_tsv_lines(lines: Iterable[str], name: str, src_col: int = 1, tgt_col: int = 0,
