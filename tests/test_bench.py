@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import types
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 
 import tformer.benchmarks as bench
+from tformer.benchmarks import gpt as gpt_bench
+from tformer.benchmarks import kv_cache as kv_bench
+from tformer.data.sources import tiny_shakespeare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,3 +182,37 @@ def test_a_missing_dependency_of_a_benchmark_is_named(monkeypatch):
     monkeypatch.setattr(bench, "BENCHMARKS", {"dep": "fakebench_dep"})
     res = bench.run_one("dep")
     assert res["status"] == "failed" and "no_such_dependency_xyz" in res["error"]
+
+
+def test_benchmark_reads_the_shipped_tiny_shakespeare_when_no_data_file_is_given(monkeypatch):
+    text = tiny_shakespeare()
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:")
+    calls = []
+
+    def small_shakespeare():  # the real text is 1 MB; a slice keeps the quick run quick
+        calls.append(True)
+        return text[:3000]
+
+    monkeypatch.setattr(gpt_bench, "tiny_shakespeare", small_shakespeare)
+    result = gpt_bench.run(quick=True)
+    assert calls == [True]
+    assert result["metrics"]["iterations"] == 20
+    assert math.isfinite(result["metrics"]["val_loss"])
+
+
+def test_benchmark_runs_quick_on_a_small_data_file_and_names_a_missing_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no text file at .*none.txt"):
+        gpt_bench.run(quick=True, data=tmp_path / "none.txt")
+    path = tmp_path / "t.txt"
+    path.write_text("to be or not to be, that is the question.\n" * 60, encoding="utf-8")
+    result = gpt_bench.run(quick=True, data=path)
+    json.dumps(result)
+    assert result["metrics"]["iterations"] == 20
+    assert math.isfinite(result["metrics"]["val_loss"])
+
+
+def test_kv_cache_benchmark_quick_run_reports_identical_tokens():
+    result = kv_bench.run(quick=True)
+    json.dumps(result)
+    assert result["metrics"]["identical_tokens"] is True
+    assert result["metrics"]["new_tokens"] == 32 and result["metrics"]["speedup"] > 0

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 import torch
 
-from tformer.data.batches import make_batches, padding_fraction
+from tformer.data.batches import make_batches, padding_fraction, random_windows
 from tformer.data.corpus import (
     ATTRIBUTIVE,
     FEELINGS,
@@ -36,10 +36,11 @@ from tformer.data.corpus import (
     render,
     uses_held_out_pair,
 )
-from tformer.data.sources import download_tatoeba, read_tsv_pairs
+from tformer.data.sources import course_text, download_tatoeba, load_text, read_tsv_pairs
 from tformer.data.text import (
     SPECIALS,
     BPETokenizer,
+    CharTokenizer,
     Vocab,
     detokenize_en,
     tokenize_en,
@@ -90,7 +91,7 @@ def test_same_seed_gives_same_pairs_and_other_seed_differs():
     assert len({p.src for p in a}) == 200  # distinct sentences
 
 
-def test_design_examples_translate_exactly():
+def test_grammar_renders_time_place_numbers_possessives_and_questions_as_designed():
     three_books = NounPhrase(noun("书"), "num", 3)
     assert act(who("我"), verb("买"), three_books, time=time_("昨天"), place=place("北京"))[:2] == (
         "我昨天在北京买了三本书。", "I bought three books in Beijing yesterday.")
@@ -407,3 +408,37 @@ def test_bad_arguments_name_the_argument():
         v.decode([99])
     with pytest.raises(ValueError, match="src_col and tgt_col are both 1"):
         read_tsv_pairs("unused.tsv", src_col=1, tgt_col=1)
+
+
+def test_char_tokenizer_round_trips_and_names_unknown_characters():
+    tok = CharTokenizer.from_text("abba cd\n")
+    assert tok.vocab_size == 6
+    assert tok.decode(tok.encode("a cab\n")) == "a cab\n"
+    with pytest.raises(ValueError, match=r"\['z'\]"):
+        tok.encode("zab")
+    with pytest.raises(ValueError, match="ids must lie in 0..5"):
+        tok.decode([6])
+
+
+def test_load_text_and_course_text_read_from_disk(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no text file"):
+        load_text(tmp_path / "missing.txt")
+    with pytest.raises(FileNotFoundError, match="no book"):
+        course_text(tmp_path)
+    (tmp_path / "book").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "book" / "intro.md").write_text("# Intro\n", encoding="utf-8")
+    nb = {"cells": [{"cell_type": "markdown", "source": ["# Ch", "\n注意"]},
+                    {"cell_type": "code", "source": ["x = 1"]}]}
+    (tmp_path / "notebooks" / "01.ipynb").write_text(json.dumps(nb), encoding="utf-8")
+    assert course_text(tmp_path) == "# Intro\n\n\n# Ch\n注意"
+
+
+def test_random_windows_pairs_each_input_with_the_next_token():
+    ids = torch.arange(100)
+    x, y = random_windows(ids, 8, 5, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (5, 8)
+    assert torch.equal(y, x + 1)
+    assert torch.equal(x[:, 1:], x[:, :-1] + 1)  # contiguous stretches of the text
+    with pytest.raises(ValueError, match="longer than block_size=8"):
+        random_windows(torch.arange(8), 8, 2)

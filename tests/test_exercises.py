@@ -4,9 +4,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from helpers import NEG_INF
 
 from tformer.course.exercises import CheckFailed, available, check
 from tformer.course.exercises import attention as ex
+from tformer.course.exercises.gpt import CHECKS
 
 # --- reference solutions, written the way a reader would ---------------------------------------
 
@@ -220,3 +223,137 @@ def test_chapter_one_checkers_accept_the_formulas_and_reject_common_slips():
     with pytest.raises(CheckFailed) as info:
         run("why.padding_fraction", pads_to_global_max)
     assert "its own longest" in info.value.hint
+
+
+def test_training_checkers_accept_the_reference_solutions():
+    from tformer.course.exercises import check
+    from tformer.inference.generation import greedy_decode
+
+    def ls(logits, target, eps, pad):
+        return F.cross_entropy(logits, target, ignore_index=pad, label_smoothing=eps)
+
+    assert check("train.label_smoothing", ls, quiet=True)
+    assert check("train.noam_lr", lambda s, d, w: d**-0.5 * min(s**-0.5, s * w**-1.5), quiet=True)
+    assert check("train.shift_right",
+                 lambda t, bos: torch.cat([torch.full_like(t[:, :1], bos), t[:, :-1]], 1), quiet=True)
+    assert check("decode.greedy",
+                 lambda m, src, n, bos, eos: greedy_decode(m, src, max_len=n, bos_id=bos, eos_id=eos),
+                 quiet=True)
+
+
+def _verdict(name, fn, capsys):
+    from tformer.course.exercises import check
+
+    assert not check(name, fn)
+    return capsys.readouterr().out
+
+
+def test_training_checkers_name_the_typical_mistakes(capsys):
+    def no_pad(logits, target, eps, pad):
+        return F.cross_entropy(logits, target, label_smoothing=eps)
+
+    assert "pad_id must be left out" in _verdict("train.label_smoothing", no_pad, capsys)
+
+    def other_classes(logits, target, eps, pad):
+        logp = F.log_softmax(logits, -1)
+        nll = -logp.gather(-1, target[:, None]).squeeze(-1)
+        loss = (1 - eps) * nll + eps * (-logp.sum(-1) - nll) / (logits.shape[-1] - 1)
+        return loss[target != pad].mean()
+
+    assert "all V classes" in _verdict("train.label_smoothing", other_classes, capsys)
+    assert "d_model^-0.5" in _verdict("train.noam_lr", lambda s, d, w: min(s**-0.5, s * w**-1.5), capsys)
+    assert "min of" in _verdict("train.noam_lr", lambda s, d, w: d**-0.5 * max(s**-0.5, s * w**-1.5), capsys)
+    out = _verdict("train.shift_right", lambda t, bos: torch.cat([torch.full_like(t[:, :1], bos), t], 1), capsys)
+    assert "drop the last token" in out
+    out = _verdict("train.shift_right", lambda t, bos: torch.cat([t[:, 1:], torch.full_like(t[:, :1], bos)], 1),
+                   capsys)
+    assert "shift to the right" in out
+
+    def keeps_bos(model, src, n, bos, eos):
+        from tformer.inference.generation import greedy_decode
+
+        out = greedy_decode(model, src, max_len=n, bos_id=bos, eos_id=eos)
+        return torch.cat([torch.full_like(out[:, :1], bos), out], 1)
+
+    assert "do not return it" in _verdict("decode.greedy", keeps_bos, capsys)
+
+
+def _run_checker(name, fn, capsys):
+    from tformer.course.exercises import check
+
+    ok = check(name, fn)
+    return ok, capsys.readouterr().out
+
+
+def test_shard_checker_accepts_a_strided_solution_and_rejects_uneven_or_contiguous_shards(capsys):
+    ok, out = _run_checker("distributed.shard", lambda items, r, w: list(items[r : len(items) - len(items) % w : w]), capsys)
+    assert ok and "all 5 cases pass" in out
+    ok, out = _run_checker("distributed.shard", lambda items, r, w: list(items[r::w]), capsys)  # keeps the tail
+    assert not ok and "sizes [4, 4, 3]" in out and "same number of items" in out
+    ok, out = _run_checker(
+        "distributed.shard", lambda items, r, w: list(items[r * (len(items) // w) : (r + 1) * (len(items) // w)]), capsys
+    )
+    assert not ok and "every world_size-th item" in out
+
+
+def test_rank_losses_checker_accepts_global_normalisation_and_names_the_mean_of_means(capsys):
+    ok, out = _run_checker("distributed.rank_losses", lambda s, n: len(n) * s / n.sum(), capsys)
+    assert ok and "all 4 cases pass" in out
+    ok, out = _run_checker("distributed.rank_losses", lambda s, n: s / n, capsys)
+    assert not ok and "mean of the per-process means" in out
+    ok, out = _run_checker("distributed.rank_losses", lambda s, n: s / n.sum(), capsys)  # forgot × W
+    assert not ok and "must be Σ S_r / Σ n_r" in out
+
+
+def reader_temperature(logits, t):
+    return torch.softmax(logits / t, dim=-1)
+
+
+def reader_top_k(logits, k):
+    kth = torch.sort(logits, dim=-1, descending=True).values[..., k - 1 : k]
+    return torch.where(logits >= kth, logits, torch.full_like(logits, NEG_INF))
+
+
+def reader_top_p(logits, p):
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [("gpt.temperature", reader_temperature), ("gpt.top_k_filter", reader_top_k),
+     ("gpt.top_p_filter", reader_top_p)],
+)
+def test_sampling_checkers_accept_a_readers_correct_solution(name, fn, capsys):
+    assert check(name, fn)
+    assert "all 3 cases pass" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name, wrong, hint",
+    [
+        ("gpt.temperature", lambda x, t: torch.softmax(x * t, -1), "do not multiply"),
+        ("gpt.temperature", lambda x, t: torch.softmax(x, -1) / t, "not the probabilities after"),
+        ("gpt.top_k_filter", lambda x, k: x.masked_fill(x < x.topk(k).values[..., -1:], 0.0), "not 0"),
+        ("gpt.top_k_filter", lambda x, k: x.masked_fill(x <= x.topk(k).values[..., -1:], NEG_INF),
+         "strictly above"),
+        ("gpt.top_k_filter", lambda x, k: x.masked_fill(x < x.topk(k + 1).values[..., -1:], NEG_INF),
+         "k + 1"),
+        ("gpt.top_p_filter", lambda x, p: top_p_keep_crossing_bug(x, p), "crosses p"),
+        ("gpt.top_p_filter", lambda x, p: x, "sort the probabilities"),
+    ],
+)
+def test_sampling_checkers_name_the_typical_mistake(name, wrong, hint):
+    with pytest.raises(CheckFailed) as failure:
+        CHECKS[name](wrong)
+    assert hint in failure.value.hint
+    assert failure.value.message.startswith("case ")
+
+
+def top_p_keep_crossing_bug(logits, p):
+    probs, order = torch.softmax(logits, -1).sort(-1, descending=True)
+    drop_sorted = probs.cumsum(-1) > p
+    return logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), NEG_INF)

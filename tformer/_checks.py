@@ -26,6 +26,14 @@ def int_at_least(name: str, value: object, minimum: int, expected: str | None = 
     return value
 
 
+def real_between(name: str, value: object, low: float, high: float, expected: str) -> float:
+    """Return ``value`` if it is a real number with ``low < value < high``; else a ``ValueError``
+    saying ``{name}={value!r} must be {expected}``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        raise ValueError(f"{name}={value!r} must be {expected}")
+    return float(value)
+
+
 def number(name: str, value: object) -> float:
     """Return ``value`` if it is a real number (int or float, not a bool), else a ``TypeError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -43,10 +51,8 @@ def positive_int(name: str, value: object) -> int:
 
 def positive_float(name: str, value: object, example: str = "") -> float:
     """Return ``value`` as a float if it is a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        hint = f" (e.g. {example})" if example else ""
-        raise ValueError(f"{name}={value!r} must be a positive float{hint}")
-    return float(value)
+    hint = f" (e.g. {example})" if example else ""
+    return real_between(name, value, 0, float("inf"), f"a positive float{hint}")
 
 
 def boolean(name: str, value: object) -> bool:

@@ -54,8 +54,7 @@ class BertConfig:
             _checks.positive_int(name, getattr(self, name))
         _checks.heads_divide(self.d_model, self.num_heads)
         eps = self.layer_norm_eps
-        if _checks.positive_float("layer_norm_eps", eps, "1e-12") >= 1:
-            raise ValueError(f"layer_norm_eps={eps!r} must be a small positive float such as 1e-12")
+        _checks.real_between("layer_norm_eps", eps, 0, 1, "a small positive float such as 1e-12")
         _checks.probability("dropout", self.dropout)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r} must be one of {ACTIVATIONS}")

@@ -1,0 +1,62 @@
+"""Tests of ddp_demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import needs_gloo
+
+from tformer.training.distributed import TORCHRUN_ENV
+
+
+def test_ddp_train_without_torchrun_prints_the_launch_command(monkeypatch, capsys, tmp_path):
+    from tformer.recipes.ddp_demo import main
+
+    _clear_torchrun_env(monkeypatch)
+    assert main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing: RANK" in err and "torchrun --standalone --nproc_per_node=2" in err
+    assert not (tmp_path / "loss.json").exists()
+
+
+def _clear_torchrun_env(monkeypatch):
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@needs_gloo
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    from tformer.recipes.ddp_demo import RunConfig, train_curve
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tformer.recipes.ddp_demo", "--steps", "20", "--global-batch", "16", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "loss.json").read_text())
+    one = train_curve(RunConfig(steps=20, global_batch=16))  # this process, no DDP, full batches
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    # the shards really differ in token count, so a per-process mean would not be exact
+    assert two["tokens"][0] != two["tokens"][1]
+    assert [a + b for a, b in zip(*two["tokens"])] == one["tokens"][0]
+    torch.testing.assert_close(torch.tensor(two["loss"]), torch.tensor(one["loss"]), rtol=1e-5, atol=0)
+    assert one["loss"][-1] < one["loss"][0]  # and it does learn
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"dtype": "half"}, "dtype='half'"), ({"steps": 0}, "steps=0")])
+def test_ddp_run_config_rejects_bad_values(kwargs, match):
+    from tformer.recipes.ddp_demo import RunConfig
+
+    with pytest.raises(ValueError, match=match):
+        RunConfig(**kwargs)
+
+
+def test_ddp_train_rejects_a_global_batch_that_does_not_split_evenly():
+    from tformer.recipes.ddp_demo import RunConfig, _build, train_curve
+
+    with pytest.raises(ValueError, match="global_batch=15 must be divisible by the number of processes"):
+        _build(RunConfig(steps=1, global_batch=15), rank=0, world_size=2)
+    assert len(train_curve(RunConfig(steps=2, global_batch=4))["loss"]) == 2
