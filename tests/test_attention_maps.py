@@ -1,4 +1,4 @@
-"""Tests of attention_maps."""
+"""tformer.inference.attention_maps: cross-attention weights of a trained model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of checkpoint."""
+"""tformer.training.checkpoint: safetensors + JSON, atomic files, clear errors."""
 
 from __future__ import annotations
 

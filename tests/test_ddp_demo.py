@@ -1,4 +1,4 @@
-"""Tests of ddp_demo."""
+"""tformer.recipes.ddp_demo: the data-parallel demo on one and two processes."""
 
 from __future__ import annotations
 

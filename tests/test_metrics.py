@@ -1,4 +1,4 @@
-"""Tests of metrics."""
+"""tformer.metrics: BLEU through sacrebleu."""
 
 from __future__ import annotations
 

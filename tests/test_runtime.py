@@ -1,4 +1,4 @@
-"""Tests of runtime."""
+"""tformer.runtime: device choice, mixed precision, grad scaler, unwrap, eval_mode, all-reduce."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ import torch
 from helpers import cpu_only
 from torch import nn
 
-from tformer.runtime import autocast_context, make_grad_scaler, pick_device
+from tformer.runtime import (
+    all_reduce,
+    any_rank,
+    autocast_context,
+    autocast_dtype,
+    eval_mode,
+    make_grad_scaler,
+    pick_device,
+    training_amp_dtype,
+    unwrap,
+)
 
 
 @cpu_only
@@ -64,3 +74,45 @@ def test_grad_scaler_is_a_pass_through_off_cuda():
     assert not scaler.is_enabled()
     loss = torch.tensor(2.5, requires_grad=True)
     assert scaler.scale(loss) is loss
+
+
+def test_eval_mode_turns_dropout_off_and_restores_the_mode_even_after_an_error():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+    with eval_mode(model) as same:
+        assert same is model and not model.training and not model[1].training
+    assert model.training and model[1].training
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        raise RuntimeError("boom")
+    assert model.training  # restored in finally
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not model.training  # a model in eval mode stays there
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        with eval_mode("not a model"):
+            pass
+
+
+def test_unwrap_removes_compile_and_ddp_wrappers_but_leaves_a_plain_model():
+    model = nn.Linear(2, 2)
+    assert unwrap(model) is model
+
+    class Compiled(nn.Module):  # what torch.compile returns keeps the model at ._orig_mod
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = inner
+
+    assert unwrap(Compiled(Compiled(model))) is model
+
+
+def test_training_uses_float32_on_cpu_and_autocast_types_are_bfloat16_there():
+    assert training_amp_dtype("cpu") is None
+    assert autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_collectives_are_the_identity_without_a_process_group():
+    x = torch.tensor([1.0, 2.0])
+    assert torch.equal(all_reduce(x), x) and torch.equal(all_reduce(x, "max"), x)
+    assert any_rank(True) is True and any_rank(False) is False
+    with pytest.raises(ValueError, match="op='mean' must be 'sum' or 'max'"):
+        all_reduce(x, "mean")

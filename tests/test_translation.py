@@ -1,4 +1,4 @@
-"""Tests of translation."""
+"""tformer.recipes.translation: tokenizers of the language pair, settings, the Translator."""
 
 from __future__ import annotations
 
@@ -8,7 +8,21 @@ import torch
 from tformer.data.corpus import load_builtin
 from tformer.data.text import Vocab, tokenize_en, tokenize_zh
 from tformer.nn.transformer import Transformer, TransformerConfig
-from tformer.recipes.translation import Tokenizers, Translator
+from tformer.recipes.translation import Settings, Tokenizers, Translator
+from tformer.training.checkpoint import save_checkpoint
+
+
+class _Tiny(torch.nn.Module):
+    """The smallest model with a config, for checkpoints that only carry tokenizer files."""
+
+    class config:  # noqa: N801
+        @staticmethod
+        def to_dict() -> dict:
+            return {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +60,34 @@ def test_alignment_returns_one_row_per_target_token(translator):
     assert src_tokens == ["我", "买", "了", "书"]
     assert tgt_tokens[-1] == "<eos>" and w.shape == (len(tgt_tokens), 4)
     torch.testing.assert_close(w.sum(-1), torch.ones(len(tgt_tokens)))
+
+
+def test_tokenizers_save_and_load_both_kinds_and_refuse_an_unknown_kind(tmp_path):
+    pairs = load_builtin("train")[:200]
+    for kind in ("word", "bpe"):
+        tok = Tokenizers.build(pairs, kind, bpe_vocab_size=300)
+        folder = tmp_path / kind
+        save_checkpoint(folder, _Tiny(), files=tok.files())
+        back = Tokenizers.load(folder, kind)
+        sentence = pairs[3].tgt
+        assert back.kind == kind and back.src_vocab == tok.src_vocab and back.tgt_vocab == tok.tgt_vocab
+        assert back.tokenize_tgt(sentence) == tok.tokenize_tgt(sentence)
+        assert back.detokenize_tgt(back.tokenize_tgt(sentence)) == sentence
+    assert not (tmp_path / "word" / "tgt_tokenizer.json").exists()
+    with pytest.raises(ValueError, match="tokenizer='char' must be one of"):
+        Tokenizers.build(pairs, "char")
+    with pytest.raises(ValueError, match="unsupported tokenizer 'char'"):
+        Tokenizers.load(tmp_path / "word", "char")
+
+
+def test_settings_check_the_model_sizes_once_through_transformer_config():
+    s = Settings(model={"d_model": 64, "num_heads": 8})
+    assert s.model["num_encoder_layers"] == 2  # the small defaults fill the rest
+    assert s.model_config(10, 12).d_model == 64
+    with pytest.raises(ValueError, match="d_model=30 must be divisible by num_heads=4"):
+        Settings(model={"d_model": 30})
+    with pytest.raises(ValueError, match="must not set"):
+        Settings(model={"src_vocab_size": 5})
+    with pytest.raises(ValueError, match="smoothing=1.0 must lie in"):
+        Settings(smoothing=1.0)
+    assert Settings.from_dict(s.to_dict()) == s
