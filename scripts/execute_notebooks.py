@@ -74,6 +74,26 @@ def load_times() -> dict:
         return {"notebooks": {}}
 
 
+# Runs that happen once before the chapters (make targets), described under the table.
+OUTSIDE_THE_CHAPTERS = [
+    "## Runs outside the chapters",
+    "",
+    "Two trainings are too long to repeat inside the notebooks, so they run once, before them, as",
+    "make targets; CI (`.ci/run`) runs both before `make test`, and `make` skips each while its",
+    "output exists.",
+    "",
+    "- `make tatoeba-model` (`scripts/train_tatoeba_model.py`, the same run as",
+    "  `python -m tformer train --data tatoeba`): the Tatoeba translator of chapters 8 and 9, trained",
+    "  for its default budget of **15 minutes** of wall-clock time, written to `runs/tatoeba-model`",
+    "  (git-ignored) with a copy of the weights after every epoch. Without it the two chapters train",
+    "  a 150-step stand-in and say so.",
+    "- `make rnn-vs-transformer` (`scripts/train_rnn_vs_transformer.py`): the GRU translators and",
+    "  the Transformer of chapter 1b, each trained for the same CPU budget, results in",
+    "  `_build/rnn_vs_transformer/results.json`. Without it chapter 1b runs a tiny labelled version.",
+    "",
+]
+
+
 def render(times: dict) -> str:
     """``book/execution.md``: one row per notebook that exists, in chapter order."""
     lines = [
@@ -104,7 +124,7 @@ def render(times: dict) -> str:
         lines[-2:] = ["No timings yet: run `make notebooks` to execute the chapters and time them."]
     else:
         lines += ["", f"All chapters together: {total:.0f} s."]
-    lines.append("")
+    lines += ["", *OUTSIDE_THE_CHAPTERS]
     return "\n".join(lines)
 
 

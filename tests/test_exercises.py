@@ -17,8 +17,10 @@ from tformer.course.exercises.gpt import CHECKS
 def sdpa(q, k, v, mask=None):
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # finite: no NaN row
     weights = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        weights = weights.masked_fill(~mask, 0.0)  # a query that may see no key gets zeros
     return weights @ v, weights
 
 
@@ -133,7 +135,7 @@ def test_package_functions_pass_their_own_checks():
     from tformer.nn.attention import scaled_dot_product_attention
     from tformer.nn.positional import sinusoidal_encoding
 
-    assert run("attention.scaled_dot_product", scaled_dot_product_attention) == 4
+    assert run("attention.scaled_dot_product", scaled_dot_product_attention) == 5
     assert run("attention.causal_mask", causal_mask) == 3
     assert run("positional.sinusoidal", sinusoidal_encoding) == 3
 

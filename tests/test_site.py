@@ -123,3 +123,51 @@ def test_execute_notebooks_reports_a_failing_notebook_and_leaves_it_unchanged(ex
 def test_execute_notebooks_rejects_an_unknown_name(executor, capsys):
     assert executor.main(["--only", "99_nope"]) == 2
     assert "01_tiny" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the site names its source
+def _course_zip_extension():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("course_zip", ROOT / "book" / "_ext" / "course_zip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_step_passes_the_repository_from_github(workflow):
+    build = workflow["jobs"]["build"]
+    step = next(s for s in build["steps"] if s.get("run", "").strip() == "make book")
+    assert step["env"]["GITHUB_REPOSITORY"] == "${{ github.repository }}"
+    assert step["env"]["GITHUB_SERVER_URL"] == "${{ github.server_url }}"
+
+
+def test_repository_url_comes_from_github_repository_and_is_absent_locally():
+    ext = _course_zip_extension()
+    assert ext.repository_url({}) is None
+    assert ext.repository_url({"GITHUB_REPOSITORY": "ada/tformer"}) == "https://github.com/ada/tformer"
+    assert ext.repository_url({"GITHUB_REPOSITORY": "ada/tformer",
+                               "GITHUB_SERVER_URL": "https://git.example.org/"}) == "https://git.example.org/ada/tformer"
+    with pytest.raises(ValueError, match="owner/name"):
+        ext.repository_url({"GITHUB_REPOSITORY": "no slash here"})
+
+
+def test_config_loads_the_course_zip_extension():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    assert config["sphinx"]["local_extensions"] == {"course_zip": "book/_ext"}
+
+
+def test_built_site_offers_the_course_zip_on_the_setup_page_and_every_chapter():
+    html = ROOT / "_build" / "html"
+    if not (html / "index.html").exists():
+        pytest.skip("the book is not built (make book)")
+    assert (html / "tformer-course.zip").is_file()
+    setup = (html / "book" / "setup.html").read_text(encoding="utf-8")
+    assert 'href="../tformer-course.zip"' in setup
+    chapters = sorted((html / "notebooks").glob("[0-9]*.html"))
+    assert chapters
+    for page in chapters:
+        text = page.read_text(encoding="utf-8")
+        assert 'href="../tformer-course.zip"' in text, f"{page.name} has no course .zip download"
+        # right after the page's own .ipynb in the download menu
+        assert text.index(f"_sources/notebooks/{page.stem}.ipynb") < text.index("tformer-course.zip")

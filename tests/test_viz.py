@@ -78,7 +78,7 @@ def test_plot_positional_encoding_shows_the_table():
     fig = viz.plot_positional_encoding(pe)
     ax = fig.axes[0]
     np.testing.assert_allclose(ax.images[0].get_array(), pe.numpy(), rtol=1e-6)
-    assert ax.get_xlabel() == "dimension i" and ax.get_ylabel() == "position pos"
+    assert ax.get_xlabel() == "dimension (columns 2i and 2i + 1 form pair i)" and ax.get_ylabel() == "position pos"
     assert ax.get_title()
 
 

@@ -7,8 +7,16 @@ Examples::
     python -m tformer evaluate --checkpoint runs/zh-en --data builtin  # prints BLEU on the test split
     python -m tformer bench --quick
 
-``runs/zh-en`` is the default of ``--out`` and ``--checkpoint``. English is tokenized by word
-unless ``train --tokenizer bpe`` (for real corpora such as a Tatoeba file) learns a BPE tokenizer
+``runs/zh-en`` is the default of ``--out`` and ``--checkpoint``. ``train`` refuses an ``--out``
+that already holds something unless ``--resume`` (continue it) or ``--overwrite`` (replace the
+checkpoint) is given, and only one process at a time may write a directory. Ctrl-C saves the run
+at the current step and exits with status 130; ``--resume`` continues it.
+
+Exit status: 0 success, 1 a failure while running (a diverged loss, a locked directory, a disk
+error), 2 bad input (flags, files, checkpoints), 130 interrupted. Every failure is one line on
+stderr. English is tokenized by word
+unless ``train --tokenizer bpe`` (for real corpora; the default with ``--data tatoeba``, whose
+recipe also sets its own model size and a 15-minute budget) learns a BPE tokenizer
 on the English side of the training split and saves it in the checkpoint; Chinese is always split
 by character. ``translate`` and ``evaluate`` find the tokenizer in the checkpoint by themselves.
 """
@@ -17,34 +25,67 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+
+if __name__ == "__main__":  # python -m tformer: a Ctrl-C while the imports below load is one line too
+
+    def _interrupted_while_starting(signum, frame):
+        sys.stderr.write("tformer: interrupted\n")
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import warnings
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 
 from tformer import benchmarks
 from tformer.recipes.translation import (
-    SMALL_MODEL,
+    DATA_DEFAULTS,
     Settings,
     Translator,
     evaluate_bleu,
     load_data,
+    tokenizer_for,
     train_translation,
 )
-from tformer.training.checkpoint import read_config
+from tformer.training.checkpoint import (
+    CheckpointLocked,
+    lock_directory,
+    read_config,
+    read_json,
+    recover,
+)
+from tformer.training.loop import TrainingInterrupted
 
 # model-size flags: --flag -> TransformerConfig field(s); --num-layers sets both stacks
 MODEL_FLAGS = {"d_model": ("d_model",), "num_heads": ("num_heads",),
                "num_layers": ("num_encoder_layers", "num_decoder_layers"),
                "dim_feedforward": ("dim_feedforward",), "dropout": ("dropout",), "max_len": ("max_len",)}
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+# flags that --resume may change (the rest must match the checkpoint)
+RESUMABLE = {"data", "out", "max_minutes", "no_time_limit", "epochs", "resume", "skip_bad_lines",
+             "quiet", "threads", "overwrite"}
 DEFAULT_DIR = "runs/zh-en"
 
 
 class CLIError(Exception):
     """A problem with the user's input: printed as ``tformer: error: ...`` with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (with a pointer to --help), not the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_minutes(text: str) -> float:
@@ -69,9 +110,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    d = Settings()
-    p = argparse.ArgumentParser(prog="tformer", description="Train and use a Chinese→English Transformer.")
+def _parser(data: str = "builtin") -> argparse.ArgumentParser:
+    d = Settings.for_data(data)  # --data tatoeba has its own recipe's defaults
+    tokenizer, bpe_size = tokenizer_for(data)
+    p = _Parser(prog="tformer", description="Train and use a Chinese→English Transformer.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,translate,evaluate,bench}")
 
     t = sub.add_parser("train", help="train a translation model and save checkpoints",
@@ -84,19 +126,25 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"stop training after this many minutes (default: {d.max_minutes})")
     t.add_argument("--no-time-limit", action="store_true", help="train for --epochs, however long")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"default: {d.epochs}")
-    t.add_argument("--tokenizer", choices=["word", "bpe"], default="word",
-                   help="how English is split: 'word' (default, fine for the built-in corpus) or "
+    t.add_argument("--tokenizer", choices=["word", "bpe"], default=tokenizer,
+                   help="how English is split: 'word' (the default, fine for the built-in corpus) or "
                    "'bpe', byte-pair encoding learnt on the English side of the training split and "
                    "saved as tgt_tokenizer.json in --out (for real corpora). Chinese is always split "
                    "by character, already a small sub-word unit. Ignored with --resume, which keeps "
-                   "the checkpoint's tokenizer")
-    t.add_argument("--bpe-vocab-size", type=_positive_int, default=8000,
-                   help="largest BPE vocabulary, specials included (with --tokenizer bpe; default: 8000)")
-    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+                   f"the checkpoint's tokenizer (default for --data {data}: {tokenizer})")
+    t.add_argument("--bpe-vocab-size", type=_positive_int, default=bpe_size,
+                   help=f"largest BPE vocabulary, specials included (with --tokenizer bpe; default: {bpe_size})")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (flags that differ from the checkpoint's are "
+                   "an error, except --epochs and the time limit)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoint in --out with a new run (the old one stays until the "
+                   "first new save)")
     t.add_argument("--skip-bad-lines", action="store_true",
-                   help="skip malformed TSV lines (and say how many) instead of stopping at the first")
+                   help="skip malformed TSV lines (and say how many, per reason) instead of stopping "
+                   "at the first")
     for name, keys in MODEL_FLAGS.items():
-        default = SMALL_MODEL[keys[0]]
+        default = d.model[keys[0]]
         t.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                        help=f"default: {default}")
     for f in fields(Settings):
@@ -122,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="which split (a TSV is split 90/5/5 exactly as 'train' split it; default: test)")
     e.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1 = greedy)")
     e.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N pairs")
+    e.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip malformed TSV lines (and say how many) instead of stopping at the first")
 
     for sp in (t, tr, e):
         sp.add_argument("--threads", type=_positive_int, default=None,
@@ -130,20 +180,108 @@ def _parser() -> argparse.ArgumentParser:
                         "shared machine oversubscribed cores are several times slower than 1 thread")
     sub.add_parser("bench", help="run the benchmarks (tformer.benchmarks); --help for its options",
                    add_help=False)
+    p.train_parser = t  # for _explicit_flags
     return p
 
 
-def _train(args: argparse.Namespace) -> int:
+def _explicit_flags(argv: Sequence[str]) -> set[str]:
+    """The ``train`` options the user typed (argparse fills in the others with defaults)."""
+    p = _parser()
+    for action in p.train_parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv))) - {"command"}
+
+
+def _check_out(out: str) -> Path:
+    """``--out`` must name a directory that is new or that this user can write; checked before any
+    data is read, so a bad path fails in a second rather than after an hour of training."""
+    if not out.strip():
+        raise CLIError("--out is empty; give the checkpoint directory (default: runs/zh-en)")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {out}: exists and is not a directory")
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: cannot create it ({parent} is not a writable directory)")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: the directory is not writable")
+    return path
+
+
+def _resume_conflicts(args: argparse.Namespace, explicit: set[str], cfg: dict) -> list[str]:
+    """``--flag value (checkpoint: value)`` for every typed flag that contradicts the checkpoint."""
+    model, train = cfg.get("model", {}), cfg.get("train") or {}
+    out = []
+    for name in sorted(explicit - RESUMABLE):
+        value = getattr(args, name)
+        if name in MODEL_FLAGS:
+            saved = model.get(MODEL_FLAGS[name][0])
+        elif name == "tokenizer":
+            saved = cfg.get("tokenizer", "word")
+        elif name == "bpe_vocab_size":
+            if cfg.get("tokenizer") != "bpe":
+                out.append(f"--bpe-vocab-size {value} (the checkpoint has no BPE tokenizer)")
+            continue  # its BPE vocabulary may be smaller than the limit it was trained with
+        else:
+            saved = train.get(name)
+        if saved is not None and value != saved:
+            out.append(f"--{name.replace('_', '-')} {value} (checkpoint: {saved})")
+    return out
+
+
+def _train(args: argparse.Namespace, explicit: set[str], stack: ExitStack) -> int:
     values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
     model = {key: getattr(args, flag) for flag, keys in MODEL_FLAGS.items() for key in keys}
     settings = Settings(model=model, **values)
     settings.max_minutes = None if args.no_time_limit else args.max_minutes
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite contradict each other; choose one")
+    out = _check_out(args.out)
+    try:
+        stack.enter_context(lock_directory(out))  # a second writer fails here, before reading data
+    except OSError as error:
+        raise CLIError(f"--out {args.out}: cannot write there ({error.strerror or error})") from None
+    recover(out)
+    has_content = out.is_dir() and any(out.iterdir())
+    if has_content and not (args.resume or args.overwrite):
+        raise CLIError(f"--out {args.out} is not empty; add --resume to continue the run saved there, "
+                       "--overwrite to replace it, or choose another directory")
+    if has_content and args.overwrite and not (out / "config.json").is_file():
+        raise CLIError(f"--out {args.out} holds files but no tformer checkpoint; --overwrite only "
+                       "replaces a checkpoint, so choose an empty or new directory")
+    if args.resume and has_content:
+        cfg = read_config(out)
+        conflicts = _resume_conflicts(args, explicit, cfg)
+        if conflicts:
+            raise CLIError(f"--resume: these flags differ from the run saved in {args.out}: "
+                           f"{'; '.join(conflicts)}; leave them out to keep the checkpoint's values, "
+                           "or train into a new directory")
+        done = (read_json(out / "state.json").get("train") or {}) if (out / "state.json").is_file() else {}
+        saved_epochs = (cfg.get("train") or {}).get("epochs")
+        if "epochs" in explicit and saved_epochs is not None and args.epochs != saved_epochs:
+            print(f"note: --epochs {args.epochs} (the run was started with {saved_epochs})")
+        if done.get("epoch", 0) >= args.epochs:
+            print(f"the run in {args.out} has already trained {done.get('epoch')} epochs; nothing to "
+                  f"do (pass --epochs N with N > {done.get('epoch')} to train longer)")
+            return 0
     splits = load_data(args.data, seed=settings.seed, errors="skip" if args.skip_bad_lines else "raise")
     print(f"data: {args.data}: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} sentence pairs")
-    translator, state = train_translation(
-        splits, args.out, settings, data_source=args.data, tokenizer=args.tokenizer,
-        bpe_vocab_size=args.bpe_vocab_size, resume=args.resume, progress=not args.quiet,
-    )
+    try:
+        translator, state = train_translation(
+            splits, out, settings, data_source=args.data, tokenizer=args.tokenizer,
+            bpe_vocab_size=args.bpe_vocab_size, resume=args.resume, progress=not args.quiet,
+        )
+    except TrainingInterrupted as stop:
+        print(f"tformer train: interrupted; saved step {stop.state.step} (epoch {stop.state.epoch + 1}) in "
+              f"{args.out}; continue with: python -m tformer train --data {args.data} --out {args.out} "
+              "--resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except FloatingPointError as error:
+        kept = (f"{args.out} keeps the last checkpoint saved before it" if (out / "state.json").is_file()
+                else "nothing was saved")
+        raise _Failure(f"{error}; {kept}") from None
     where = "finished" if state.finished else "stopped by the time limit"
     print(f"{where} after {state.step} steps; checkpoint in {args.out}")
     sample = splits["test"][: 3]
@@ -152,23 +290,36 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Failure(Exception):
+    """A run that failed for a reason other than its input: exit status 1."""
+
+
 def _translate(args: argparse.Namespace) -> int:
-    sentences = list(args.sentences) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not sentences:
+    from_stdin = not args.sentences
+    sentences = list(args.sentences) or [line.rstrip("\r\n") for line in sys.stdin]
+    if not from_stdin:
+        for i, s in enumerate(sentences):
+            if not s.strip():
+                raise CLIError(f"sentence {i + 1} is empty; there is nothing to translate")
+    if not any(s.strip() for s in sentences):
         raise CLIError("no sentence given: pass sentences as arguments or on stdin")
-    for i, s in enumerate(sentences):
-        if not s.strip():
-            raise CLIError(f"sentence {i + 1} is empty; there is nothing to translate")
     translator = Translator.from_checkpoint(args.checkpoint)
-    for hyp in translator.translate(sentences, beam_size=args.beam):
-        print(hyp)
+    todo = [s for s in sentences if s.strip()]  # a blank stdin line gets a blank output line
+    tokens = [t for s in todo for t in translator.tokenizers.tokenize_src(s)]
+    unknown = sum(i == translator.src_vocab.unk_id for i in translator.src_vocab.encode(tokens))
+    if tokens and unknown > len(tokens) / 2:
+        print(f"tformer translate: warning: {unknown} of the {len(tokens)} input characters are unknown "
+              "to the model's vocabulary; its translations will be guesses", file=sys.stderr)
+    hyps = iter(translator.translate(todo, beam_size=args.beam))
+    for s in sentences:
+        print(next(hyps) if s.strip() else "")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     translator = Translator.from_checkpoint(args.checkpoint)
-    seed = read_config(args.checkpoint).get("train", {}).get("seed", 0)
-    splits = load_data(args.data, seed=seed, errors="skip")
+    seed = (read_config(args.checkpoint).get("train") or {}).get("seed", 0)
+    splits = load_data(args.data, seed=seed, errors="skip" if args.skip_bad_lines else "raise")
     pairs = [p for v in splits.values() for p in v] if args.split == "all" else splits[args.split]
     pairs = pairs[: args.limit] if args.limit else pairs
     score, _ = evaluate_bleu(translator, pairs, beam_size=args.beam)
@@ -178,17 +329,46 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m tformer`` and the ``tformer`` console script."""
+    if signal.getsignal(signal.SIGINT) is globals().get("_interrupted_while_starting"):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return benchmarks.main(argv[1:])
-    parser = _parser()
+    # `train --data tatoeba` has its own recipe's defaults (DATA_DEFAULTS), --help included
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--data", default="builtin")
+    data = pre.parse_known_args(argv[1:])[0].data if argv[:1] == ["train"] else "builtin"
+    parser = _parser(data if data in DATA_DEFAULTS else "builtin")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads if args.threads is not None else _idle_threads())
+    name = f"tformer {args.command}"
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"{name}: warning: {message}", file=sys.stderr)
+
     try:
-        return {"train": _train, "translate": _translate, "evaluate": _evaluate}[args.command](args)
+        with warnings.catch_warnings(), ExitStack() as stack:
+            warnings.showwarning = one_line_warning
+            if args.command == "train":
+                return _train(args, _explicit_flags(argv), stack)
+            return {"translate": _translate, "evaluate": _evaluate}[args.command](args)
     except (CLIError, ValueError, TypeError, FileNotFoundError) as error:
-        print(f"tformer {args.command}: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (_Failure, CheckpointLocked) as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        print(f"{name}: error:{where} {error.strerror or error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as error:  # never a traceback: one line, and the exception's type for a report
+        print(f"{name}: error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+              file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _idle_threads() -> int:

@@ -38,16 +38,23 @@ BENCHMARKS: dict[str, str] = {
 }
 
 REQUIRED_KEYS = ("title", "summary", "metrics", "table")
-_REPO = Path(__file__).resolve().parents[2]
 
 
-def default_out(quick: bool = False) -> Path:
-    """``book/_static/bench/results.json`` in the repository (quick runs go to ``_build/`` instead,
-    so a smoke test never replaces the numbers the committed page is rendered from)."""
-    root = _REPO if (_REPO / "book").is_dir() else Path.cwd()
-    if quick:
-        return root / "_build" / "bench" / "results-quick.json"
-    return root / "book" / "_static" / "bench" / "results.json"
+def default_out(quick: bool = False, cwd: str | Path | None = None) -> Path:
+    """Where ``bench`` writes without ``--out``, decided by the working directory ``cwd``
+    (default: the current one), never by where the package is installed.
+
+    In a course checkout (``cwd`` holds ``book/``): ``book/_static/bench/results.json``, the file
+    the performance page is rendered from; quick runs go to ``_build/bench/results-quick.json`` so
+    a smoke test never replaces those numbers. Anywhere else (an installed wheel, the course zip):
+    ``tformer-bench/results.json`` (``results-quick.json`` for quick runs) under ``cwd``.
+    """
+    root = Path.cwd() if cwd is None else Path(cwd)
+    if (root / "book").is_dir():
+        if quick:
+            return root / "_build" / "bench" / "results-quick.json"
+        return root / "book" / "_static" / "bench" / "results.json"
+    return root / "tformer-bench" / ("results-quick.json" if quick else "results.json")
 
 
 # ---------------------------------------------------------------------------- the machine
@@ -232,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds in all (a smoke test)")
     p.add_argument(
         "--out", type=Path, default=None,
-        help="JSON file to write (default book/_static/bench/results.json; "
-        "with --quick _build/bench/results-quick.json)",
+        help="JSON file to write (default, run from a course checkout: book/_static/bench/results.json, "
+        "with --quick _build/bench/results-quick.json; run anywhere else: tformer-bench/results.json "
+        "in the current directory)",
     )
     p.add_argument("--list", action="store_true", help="print the benchmark names and exit")
     return p

@@ -206,7 +206,7 @@ def plot_positional_encoding(
     fig, ax = _new_axes(ax, (6.0, 3.5))
     image = ax.imshow(table, cmap="RdBu", vmin=-1.0, vmax=1.0, aspect="auto", interpolation="nearest")
     ax.set_title(title)
-    ax.set_xlabel("dimension i")
+    ax.set_xlabel("dimension (columns 2i and 2i + 1 form pair i)")
     ax.set_ylabel("position pos")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     return fig

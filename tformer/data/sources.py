@@ -6,6 +6,7 @@ downloads at run time except :func:`download_tatoeba`, which online readers call
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import importlib.resources
 import json
@@ -15,6 +16,7 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,33 +27,59 @@ TATOEBA_URL = "https://www.manythings.org/anki/cmn-eng.zip"
 
 
 class PairList(list):
-    """A list of :class:`Pair` that also says how many malformed lines were skipped."""
+    """A list of :class:`Pair` that also says how many malformed lines were skipped, and why."""
 
     skipped: int = 0
+    skipped_by_reason: dict[str, int]
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.skipped_by_reason = {}
 
 
 def read_tsv_pairs(path: str | Path, src_col: int = 1, tgt_col: int = 0,
-                   errors: str = "raise") -> PairList:
+                   errors: str = "raise", columns: int | None = None) -> PairList:
     """Read a tab-separated parallel file, e.g. Tatoeba's ``cmn-eng`` (``English<TAB>Chinese<TAB>
-    attribution``; the defaults read it as Chinese→English). See :func:`parse_tsv_lines`."""
+    attribution``; the defaults read it as Chinese→English). See :func:`parse_tsv_lines`; the
+    file is read as bytes, so a line that is not UTF-8 is named with its line and byte offset."""
     path = Path(path)
 
-    def lines() -> Iterator[str]:  # opened only once the arguments have been checked
-        with path.open(encoding="utf-8-sig", newline="") as f:
+    def lines() -> Iterator[bytes]:  # opened only once the arguments have been checked
+        with path.open("rb") as f:
             yield from f
 
-    return parse_tsv_lines(lines(), str(path), src_col, tgt_col, errors)
+    return parse_tsv_lines(lines(), str(path), src_col, tgt_col, errors, columns)
 
 
-def parse_tsv_lines(lines: Iterable[str], name: str, src_col: int = 1, tgt_col: int = 0,
-                    errors: str = "raise") -> PairList:
-    """Sentence pairs from the lines of a tab-separated parallel file called ``name``.
+def _decode_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[str | None, str | None]]:
+    """``(text, None)`` per line, or ``(None, problem)`` for a line of bytes that is not UTF-8."""
+    offset = 0
+    for lineno, raw in enumerate(lines, start=1):
+        if isinstance(raw, str):
+            yield (raw[1:] if lineno == 1 and raw.startswith("\ufeff") else raw), None
+            continue
+        start = offset
+        offset += len(raw)
+        if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw, start = raw[len(codecs.BOM_UTF8):], start + len(codecs.BOM_UTF8)
+        try:
+            yield raw.decode("utf-8"), None
+        except UnicodeDecodeError as error:
+            yield None, (f"byte 0x{raw[error.start]:02x} at byte {start + error.start} of the file "
+                         f"(column {error.start + 1} of the line) is not UTF-8 text")
 
-    ``\r\n`` line ends and blank lines are tolerated. Columns other than the two sides are kept,
-    tab-joined, as the pair's ``attribution``. Every line must have as many columns as the first
-    one and two non-empty sides; otherwise ``errors="raise"`` raises a ``ValueError`` naming the
-    file and line, and ``errors="skip"`` drops the line, counts it in ``.skipped`` of the result
-    and warns once with the count.
+
+def parse_tsv_lines(lines: Iterable[str | bytes], name: str, src_col: int = 1, tgt_col: int = 0,
+                    errors: str = "raise", columns: int | None = None) -> PairList:
+    """Sentence pairs from the lines (``str``, or ``bytes`` decoded as UTF-8) of a tab-separated
+    parallel file called ``name``.
+
+    A UTF-8 BOM, ``\r\n`` line ends and blank lines are tolerated. Columns other than the two
+    sides are kept, tab-joined, as the pair's ``attribution``. Every line must have ``columns``
+    columns (default: the count most lines have, so a header or a stray first line cannot decide
+    it), two non-empty sides, and be UTF-8; otherwise ``errors="raise"`` raises a ``ValueError``
+    naming the file and line (and the byte, for a decoding error), and ``errors="skip"`` drops the
+    line, counts it in ``.skipped`` (and per reason in ``.skipped_by_reason``) and warns once.
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors={errors!r} must be 'raise' or 'skip'")
@@ -59,33 +87,49 @@ def parse_tsv_lines(lines: Iterable[str], name: str, src_col: int = 1, tgt_col: 
         _checks.int_at_least(col_name, col, 0, "a column index >= 0")
     if src_col == tgt_col:
         raise ValueError(f"src_col and tgt_col are both {src_col}; they must be different columns")
+    if columns is not None:
+        _checks.int_at_least("columns", columns, max(src_col, tgt_col) + 1,
+                             f"an int >= {max(src_col, tgt_col) + 1} (src_col={src_col}, tgt_col={tgt_col})")
+    decoded = list(_decode_lines(lines))
+    width = columns
+    if width is None:
+        counts = Counter(len(text.rstrip("\r\n").split("\t")) for text, _ in decoded
+                         if text is not None and text.strip())
+        width = counts.most_common(1)[0][0] if counts else max(src_col, tgt_col) + 1
     out = PairList()
-    width = None
-    for lineno, line in enumerate(lines, start=1):
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        cols = [c.strip() for c in line.split("\t")]
-        if width is None:
-            width = len(cols)
-        problem = None
-        if len(cols) != width or len(cols) <= max(src_col, tgt_col):
-            need = max(width, max(src_col, tgt_col) + 1)
-            problem = f"expected {need} tab-separated columns, got {len(cols)}"
-        elif not cols[src_col] or not cols[tgt_col]:
-            side = "source" if not cols[src_col] else "target"
-            problem = f"the {side} column is empty"
+    for lineno, (text, problem) in enumerate(decoded, start=1):
+        reason = "not UTF-8" if problem else None
+        line = ""
+        if text is not None:
+            line = text.rstrip("\r\n")
+            if not line.strip():
+                continue
+            cols = [c.strip() for c in line.split("\t")]
+            if len(cols) != width or len(cols) <= max(src_col, tgt_col):
+                need = max(width, max(src_col, tgt_col) + 1)
+                reason = "wrong column count"
+                problem = f"expected {need} tab-separated columns, got {len(cols)}"
+            elif not cols[src_col] or not cols[tgt_col]:
+                side = "source" if not cols[src_col] else "target"
+                reason, problem = "empty side", f"the {side} column is empty"
         if problem is not None:
             if errors == "raise":
-                raise ValueError(f"{name}, line {lineno}: {problem}: {line[:80]!r}")
+                shown = f": {line[:80]!r}" if line else ""
+                raise ValueError(f"{name}, line {lineno}: {problem}{shown}")
             out.skipped += 1
+            out.skipped_by_reason[reason] = out.skipped_by_reason.get(reason, 0) + 1
             continue
         rest = "\t".join(c for i, c in enumerate(cols) if i not in (src_col, tgt_col))
         out.append(Pair(cols[src_col], cols[tgt_col], rest))
     if out.skipped:
-        warnings.warn(f"read_tsv_pairs skipped {out.skipped} malformed line(s) in {name}",
-                      stacklevel=3)
+        warnings.warn(f"read_tsv_pairs skipped {out.skipped} malformed line(s) in {name} "
+                      f"({skip_summary(out)})", stacklevel=3)
     return out
+
+
+def skip_summary(pairs: PairList) -> str:
+    """``"2 wrong column count, 1 not UTF-8"``: the skipped lines of ``pairs`` by reason."""
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(pairs.skipped_by_reason.items()))
 
 
 def download_tatoeba(dest_dir: str | Path, url: str = TATOEBA_URL, overwrite: bool = False,
@@ -130,10 +174,22 @@ def load_text(path: str | Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+COURSE_TEXT_FILE = "course_text.txt"
+
+
 def course_text(root: str | Path | None = None) -> str:
     """The course's own pages as one string: ``book/*.md`` then the markdown cells of
-    ``notebooks/*.ipynb``, in file-name order. ``root`` defaults to the repository checkout."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    ``notebooks/*.ipynb``, in file-name order.
+
+    With ``root=None`` this is the snapshot shipped inside the package
+    (``tformer/data/course_text.txt``, written by ``scripts/build_course_text.py`` from a checkout),
+    so an installed wheel reads the same text as a clone. With a ``root`` (a checkout) it is built
+    from that folder's files.
+    """
+    if root is None:
+        return importlib.resources.files("tformer.data").joinpath(COURSE_TEXT_FILE).read_text(
+            encoding="utf-8")
+    root = Path(root)
     parts = [load_text(p) for p in sorted((root / "book").glob("*.md"))]
     for nb in sorted((root / "notebooks").glob("*.ipynb")):
         cells = json.loads(load_text(nb)).get("cells", [])
@@ -141,8 +197,6 @@ def course_text(root: str | Path | None = None) -> str:
     if not parts:
         raise FileNotFoundError(f"no book/*.md or notebooks/*.ipynb under {root}")
     return "\n\n".join(parts)
-
-
 
 
 def tiny_shakespeare() -> str:

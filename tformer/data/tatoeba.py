@@ -17,6 +17,8 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 import random
+import re
+from collections.abc import Sequence
 from functools import cache
 
 import tformer._checks as _checks
@@ -24,6 +26,7 @@ from tformer.data.corpus import Pair
 from tformer.data.sources import PairList, parse_tsv_lines
 
 FILE = "tatoeba-cmn-eng.tsv.gz"
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # CJK ideographs (and extension A)
 CREDIT = "Tatoeba (tatoeba.org), cmn-eng sentence pairs, CC-BY 2.0 FR; authors in each pair's attribution"
 
 
@@ -80,3 +83,25 @@ def tatoeba_splits(seed: int = 0, valid: float = 0.05, test: float = 0.05) -> di
         split = next((s for s in ("test", "valid") if len(out[s]) < want[s]), "train")
         out[split] += [pairs[i] for i in sorted(group)]
     return out
+
+
+def check_direction(pairs: Sequence[Pair], name: str = "the data") -> None:
+    """Refuse pairs whose columns look swapped: the Chinese in the English column and the reverse.
+
+    A Tatoeba file is ``English<TAB>Chinese<TAB>attribution``; a file written the other way round
+    parses just as well, and a model trained on it would learn English→Chinese while every score
+    looked plausible. The check counts the pairs whose source (Chinese) side holds no Chinese
+    character while their target (English) side does; when those outnumber the pairs the right
+    way round, it raises a ``ValueError`` saying so.
+    """
+    right = wrong = 0
+    for p in pairs:
+        src, tgt = bool(_HAN.search(p.src)), bool(_HAN.search(p.tgt))
+        right += src and not tgt
+        wrong += tgt and not src
+    if wrong > right:
+        raise ValueError(
+            f"{name}: the columns look swapped: in {wrong} of {len(pairs)} pairs the first column "
+            f"holds Chinese and the second does not (the right way round: {right}); expected "
+            "English<TAB>Chinese<TAB>attribution, the order of Tatoeba's cmn.txt"
+        )

@@ -283,7 +283,9 @@ def beam_search(
     Every step extends each of the k hypotheses by every token, scores the k·V candidates by
     their summed log-probability divided by :func:`length_penalty` (α = 0.6 as in §6.1), and keeps
     the k best. A hypothesis that has produced <eos> stays in the beam with its score frozen. At
-    the end the best-scoring hypothesis wins. ``beam_size=1`` is greedy decoding.
+    the end the best-scoring *finished* hypothesis wins: one cut off by ``max_len`` before its
+    <eos> never paid for an ending (and may be a run of cheap repeated tokens), so it is chosen
+    only when no hypothesis of that sentence finished. ``beam_size=1`` is greedy decoding.
 
     Returns:
         ``(B, T)`` ids without <bos>, like :func:`greedy_decode`.
@@ -324,5 +326,8 @@ def beam_search(
             if done.all():
                 break
     final = (scores / length_penalty(lengths, alpha)).view(B, k)
+    finished = done.view(B, k)
+    # at the length cap: a sentence with a finished hypothesis chooses among those only
+    final = final.masked_fill(~(finished | ~finished.any(dim=1, keepdim=True)), float("-inf"))
     best = offsets.squeeze(1) + final.argmax(dim=-1)  # (B,)
     return ys[best, 1:]

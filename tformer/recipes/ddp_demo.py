@@ -105,8 +105,9 @@ def train_curve(cfg: RunConfig, info: DistInfo | None = None, progress: bool = F
     together); None trains in this single process without any process group.
 
     Returns:
-        ``{"loss": [global mean loss per target token at each step], "tokens": [[n_tokens of
-        process r at each step] for r in ranks], "world_size": W, "config": {...}}``.
+        A dict: ``"loss"`` is the global mean loss per target token at each step, ``"tokens"``
+        the n_tokens of every process at each step (one list per rank), ``"world_size"`` W and
+        ``"config"`` the run's settings.
     """
     rank, world, device = (0, 1, torch.device("cpu")) if info is None else (info.rank, info.world_size, info.device)
     batches, model, pad_id = _build(cfg, rank, world)

@@ -13,6 +13,8 @@ thousand of them cover almost any text.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import random
 import warnings
@@ -33,7 +35,14 @@ from tformer.inference.generation import beam_search, greedy_decode
 from tformer.metrics import bleu
 from tformer.nn.transformer import Transformer, TransformerConfig
 from tformer.runtime import pick_device, training_amp_dtype
-from tformer.training.checkpoint import load_checkpoint, read_config, read_json, save_checkpoint
+from tformer.training.checkpoint import (
+    load_checkpoint,
+    lock_directory,
+    read_config,
+    read_json,
+    recover,
+    save_checkpoint,
+)
 from tformer.training.loop import TrainState, fit
 from tformer.training.objectives import LabelSmoothingLoss
 from tformer.training.optim import make_optimizer, noam_scheduler
@@ -129,6 +138,22 @@ SMALL_MODEL = dict(d_model=128, num_heads=4, num_encoder_layers=2, num_decoder_l
                    dim_feedforward=512, dropout=0.1, max_len=128)
 
 
+# The recipe for the shipped Tatoeba pairs (``--data tatoeba``), chosen by experiment on the
+# validation split (scripts/tatoeba_recipes.py; the table in chapter 8). Real sentences have a large,
+# open English vocabulary, hence BPE; fifteen minutes on two cores is the budget it was tuned for.
+DATA_DEFAULTS: dict[str, dict] = {
+    "tatoeba": dict(tokenizer="bpe", bpe_vocab_size=4000, max_minutes=15.0, epochs=100,
+                    model=dict(d_model=128, num_heads=4, dim_feedforward=512, dropout=0.1)),
+}
+TOKENIZER_KEYS = ("tokenizer", "bpe_vocab_size")
+
+
+def tokenizer_for(source: str) -> tuple[str, int]:
+    """``(tokenizer, bpe_vocab_size)`` defaults for ``--data source``."""
+    preset = DATA_DEFAULTS.get(source, {})
+    return preset.get("tokenizer", "word"), preset.get("bpe_vocab_size", 8000)
+
+
 @dataclass
 class Settings:
     """Training hyper-parameters and the model's size; the defaults are the CLI's and the benchmark's.
@@ -180,6 +205,15 @@ class Settings:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    @classmethod
+    def for_data(cls, source: str = "builtin", **changes) -> Settings:
+        """The defaults for ``--data source``: :data:`DATA_DEFAULTS` where it has an entry (the
+        Tatoeba recipe), the class defaults otherwise; ``changes`` override either (``model``
+        entries one by one)."""
+        preset = {k: v for k, v in DATA_DEFAULTS.get(source, {}).items() if k not in TOKENIZER_KEYS}
+        model = {**preset.pop("model", {}), **changes.pop("model", {})}
+        return cls(model=model, **{**preset, **changes})
+
 
 # --------------------------------------------------------------------------- data
 
@@ -205,9 +239,10 @@ def load_data(source: str, *, seed: int = 0, errors: str = "raise", log=print) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the count of skipped lines is printed below instead
         pairs = sources.read_tsv_pairs(path, errors=errors)
+    tatoeba.check_direction(pairs, str(path))
     skipped = getattr(pairs, "skipped", 0)
     if skipped and log is not None:
-        log(f"skipped {skipped} malformed line(s) of {path}")
+        log(f"skipped {skipped} malformed line(s) of {path} ({sources.skip_summary(pairs)})")
     if len(pairs) < 10:
         raise ValueError(f"{path} holds only {len(pairs)} usable sentence pairs; training needs at least 10")
     order = list(range(len(pairs)))
@@ -318,11 +353,42 @@ def _load(directory: str | os.PathLike, optimizer_for=None, device: torch.device
     """(model, tokenizers, config) from a checkpoint directory."""
     cfg = read_config(directory)
     try:
-        model = Transformer(TransformerConfig.from_dict(cfg["model"]))
+        model = Transformer(_checked_model_config(cfg["model"]))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{Path(directory) / 'config.json'} holds an invalid model config: {error}") from None
     load_checkpoint(directory, model, restore_rng=False, device=device)
     return model, Tokenizers.load(directory, cfg.get("tokenizer", "word")), cfg
+
+
+# a bound on what config.json may ask for, checked before anything is allocated (the paper's big
+# model has 213M parameters; this course trains models of a few million)
+MAX_PARAMETERS = 2_000_000_000
+
+
+def _checked_model_config(d: dict) -> TransformerConfig:
+    """A :class:`TransformerConfig` from a checkpoint's ``"model"`` entry: every field present (a
+    missing ``d_model`` must not silently become the default 512), types and ranges checked by the
+    class, and the parameter count bounded, all before any tensor is allocated."""
+    missing = sorted({f.name for f in fields(TransformerConfig)} - set(d))
+    if missing:
+        raise ValueError(f"fields {missing} are missing")
+    config = TransformerConfig.from_dict(d)
+    c = config
+    per_layer = 4 * c.d_model * c.d_model + 2 * c.d_model * c.dim_feedforward
+    total = (c.src_vocab_size + c.tgt_vocab_size + c.max_len) * c.d_model + per_layer * (
+        c.num_encoder_layers + 2 * c.num_decoder_layers)
+    if total > MAX_PARAMETERS:
+        raise ValueError(f"the model would have about {total:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
+                         "the sizes are absurd for a checkpoint of this course")
+    return config
+
+
+def _fingerprint(pairs: Sequence[Pair]) -> str:
+    """sha256 of the training pairs: a resumed run must read the very sentences it started on."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(f"{p.src}\t{p.tgt}\n".encode())
+    return h.hexdigest()
 
 
 def evaluate_bleu(translator: Translator, pairs: list[Pair], *, beam_size: int = 1) -> tuple[float, list[str]]:
@@ -352,7 +418,12 @@ def train_translation(
     With ``resume=True`` and a checkpoint in ``out_dir``, training continues where it stopped
     (same batches, same dropout masks) and ends exactly where an uninterrupted run would; the
     model, the tokenizers and the optimisation settings are then the checkpoint's (only
-    ``epochs`` and ``max_minutes`` are taken from ``settings``).
+    ``epochs`` and ``max_minutes`` are taken from ``settings``). Resuming on other training
+    sentences than the checkpoint's (compared by a sha256 stored in ``config.json``) is a
+    ``ValueError``, and so is a non-empty ``out_dir`` that holds no loadable checkpoint; an empty
+    or missing one starts a new run. ``out_dir`` is locked while training
+    (:func:`~tformer.training.checkpoint.lock_directory`); Ctrl-C saves the current step there and
+    raises :class:`~tformer.training.loop.TrainingInterrupted`.
 
     Args:
         tokenizer: ``"word"`` or ``"bpe"`` (see :class:`Tokenizers`); with ``"bpe"`` a tokenizer
@@ -364,14 +435,32 @@ def train_translation(
     if tokenizer not in KINDS:
         raise ValueError(f"tokenizer={tokenizer!r} must be one of {sorted(KINDS)}")
     device = torch.device(device) if device is not None else pick_device()
-    resuming = resume and out_dir is not None and (Path(out_dir) / "state.json").exists()
+    if out_dir is not None:
+        out_dir = recover(out_dir)  # also finishes what a killed save left
+    # a directory with anything in it is resumed (or refused with the reason), never restarted over
+    resuming = resume and out_dir is not None and out_dir.is_dir() and any(out_dir.iterdir())
+    fingerprint = _fingerprint(splits.get("train", []))
+    if resume and not resuming:
+        log(f"nothing to resume in {out_dir}: starting a new run")
     if resuming:
         model, tok, cfg = _load(out_dir, device=device)
+        if cfg.get("data_sha256", fingerprint) != fingerprint or (
+                "data_sha256" not in cfg and cfg.get("data", data_source) != data_source):
+            raise ValueError(
+                f"the checkpoint in {out_dir} was trained on {cfg.get('data')!r}, but the data given now "
+                f"({data_source!r}) holds other training sentences; resume with the same data, or "
+                "train into a new directory"
+            )
         s = replace(Settings.from_dict(cfg["train"]), epochs=s.epochs, max_minutes=s.max_minutes)
         model.to(device)
     else:
         torch.manual_seed(s.seed)
         tok = Tokenizers.build(splits["train"], tokenizer, bpe_vocab_size=bpe_vocab_size, min_freq=s.min_freq)
+        for side, vocab in (("Chinese", tok.src_vocab), ("English", tok.tgt_vocab)):
+            if len(vocab) <= len(SPECIALS):
+                warnings.warn(f"min_freq={s.min_freq} leaves the {side} vocabulary with only the "
+                              f"{len(SPECIALS)} special tokens: every word becomes <unk>; lower min_freq",
+                              stacklevel=2)
         model = Transformer(s.model_config(len(tok.src_vocab), len(tok.tgt_vocab), tok.src_vocab.pad_id)).to(device)
     optimizer = make_optimizer(model)
     scheduler = noam_scheduler(optimizer, model.config.d_model, s.warmup, s.lr_factor)
@@ -379,7 +468,7 @@ def train_translation(
     if resuming:
         state = load_checkpoint(out_dir, model, optimizer, scheduler, device=device).state
         log(f"resuming from {out_dir} at step {state.step} (epoch {state.epoch + 1})")
-    config = {"tokenizer": tok.kind, "data": data_source, "train": s.to_dict()}
+    config = {"tokenizer": tok.kind, "data": data_source, "data_sha256": fingerprint, "train": s.to_dict()}
 
     def save(st: TrainState) -> None:
         if out_dir is not None:
@@ -389,13 +478,15 @@ def train_translation(
         return tok.batches(pairs, max_tokens=s.batch_tokens, max_len=model.config.max_len - 1, **kw)
 
     valid = batches(splits["valid"], shuffle=False) if splits.get("valid") else None
-    state = fit(
-        model,
-        lambda epoch: batches(splits["train"], shuffle=True, seed=s.seed * 1000 + epoch),
-        valid,
-        epochs=s.epochs, loss_fn=LabelSmoothingLoss(s.smoothing, ignore_index=tok.tgt_vocab.pad_id),
-        optimizer=optimizer, scheduler=scheduler, state=state, device=device, clip_norm=s.clip_norm,
-        amp_dtype=training_amp_dtype(device), max_minutes=s.max_minutes, max_steps=max_steps,
-        on_checkpoint=save, progress=progress, log=log,
-    )  # fmt: skip
+    # one writer per directory (re-entrant: the CLI already holds it); Ctrl-C saves, then raises
+    with lock_directory(out_dir) if out_dir is not None else contextlib.nullcontext():
+        state = fit(
+            model,
+            lambda epoch: batches(splits["train"], shuffle=True, seed=s.seed * 1000 + epoch),
+            valid,
+            epochs=s.epochs, loss_fn=LabelSmoothingLoss(s.smoothing, ignore_index=tok.tgt_vocab.pad_id),
+            optimizer=optimizer, scheduler=scheduler, state=state, device=device, clip_norm=s.clip_norm,
+            amp_dtype=training_amp_dtype(device), max_minutes=s.max_minutes, max_steps=max_steps,
+            on_checkpoint=save, progress=progress, log=log,
+        )  # fmt: skip
     return Translator(model.eval(), tok, device), state

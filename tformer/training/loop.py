@@ -14,8 +14,11 @@ schedules in :mod:`tformer.training.optim`, checkpoints in :mod:`tformer.trainin
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,6 +34,50 @@ with warnings.catch_warnings():
     # Without ipywidgets tqdm.auto falls back to a text bar, which is what a static book shows anyway.
     warnings.filterwarnings("ignore", message="IProgress not found")
     from tqdm.auto import tqdm
+
+# A loss this many times its lowest smoothed value means the run diverged (e.g. a learning rate far
+# too high): the loop stops instead of training on. The smoothed loss averages ~10 steps, so one
+# hard batch does not trip it, and nothing is judged before WARMUP_STEPS steps.
+DIVERGENCE_FACTOR = 10.0
+DIVERGENCE_WARMUP = 20
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`fit` between two steps; ``state`` is where it stopped (already handed
+    to ``on_checkpoint``, so the run can resume from there)."""
+
+    def __init__(self, state: TrainState) -> None:
+        super().__init__(f"interrupted at step {state.step}")
+        self.state = state
+
+
+class _Interrupt:
+    """A Ctrl-C (SIGINT) handler that asks the loop to stop at the next step boundary, so a
+    checkpoint is never taken in the middle of an optimizer step; a second Ctrl-C stops at once."""
+
+    requested = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls):
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if cls.requested:
+                raise KeyboardInterrupt
+            cls.requested = True
+
+        cls.requested = False
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            cls.requested = False
+
 
 @dataclass
 class TrainState:
@@ -68,7 +115,8 @@ class EpochResult:
     tokens: int  # target tokens trained on
     tokens_per_s: float
     steps: int
-    stopped: bool  # True when a time or step limit ended the epoch early
+    stopped: bool  # True when a time or step limit (or Ctrl-C) ended the epoch early
+    interrupted: bool = False  # True when Ctrl-C ended it
 
 
 def _forward_loss(model: nn.Module, batch, loss_fn: nn.Module) -> torch.Tensor:
@@ -116,12 +164,16 @@ def train_epoch(
     model.train()
     start_batch = state.batch_in_epoch
     t0 = time.perf_counter()
-    loss_sum, tokens, steps, stopped = 0.0, 0, 0, False
+    loss_sum, tokens, steps, stopped, interrupted = 0.0, 0, 0, False, False
+    smooth, best = _smoothed(state.history["step_loss"])
     # A terminal redraws one line; a notebook saved to a book keeps every update, so update less often.
     interval = 1.0 if getattr(sys.stderr, "isatty", lambda: False)() else 5.0
     bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not progress, mininterval=interval)
     for i in range(start_batch, len(batches)):  # by index: a lazy sequence is drawn as it goes
         batch = batches[i]
+        if any_rank(_Interrupt.requested, device):
+            stopped = interrupted = True
+            break
         limited = deadline is not None or max_steps is not None
         if limited and any_rank(
             (deadline is not None and time.perf_counter() > deadline)
@@ -139,6 +191,14 @@ def train_epoch(
                 f"the training loss became {value} at step {state.step + 1}; lower the learning "
                 "rate (factor) or enable gradient clipping"
             )
+        smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
+        if len(state.history["step_loss"]) >= DIVERGENCE_WARMUP and smooth > DIVERGENCE_FACTOR * best:
+            raise FloatingPointError(
+                f"the training loss grew from {best:.3g} to {smooth:.3g} (smoothed) by step "
+                f"{state.step + 1}: the run diverged; lower the learning rate (factor) or the "
+                "gradient-clipping norm"
+            )
+        best = min(best, smooth)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -176,7 +236,18 @@ def train_epoch(
         tokens_per_s=tokens / max(dt, 1e-9),
         steps=steps,
         stopped=stopped,
+        interrupted=interrupted,
     )
+
+
+def _smoothed(losses: Sequence[float]) -> tuple[float | None, float]:
+    """The exponential moving average (factor 0.9) of the step losses so far (None if there are
+    none) and its lowest value, over the last 1000 steps."""
+    smooth, best = None, math.inf
+    for value in list(losses)[-1000:]:
+        smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
+        best = min(best, smooth)
+    return smooth, best
 
 
 @torch.no_grad()
@@ -229,12 +300,18 @@ def fit(
             Under DDP pass each process its own shard.
         valid_batches: batches for the validation loss at the end of each epoch (or ``None``).
         state: a :class:`TrainState` loaded from a checkpoint to resume; ``None`` starts fresh.
-        on_checkpoint: called with the state after each epoch and when a limit stops the run
-            (only on the main process); it should save a checkpoint.
+        on_checkpoint: called with the state after each epoch and when a limit or Ctrl-C stops
+            the run (only on the main process); it should save a checkpoint.
         is_main: ``False`` on every DDP process but rank 0: no printing, no bar, no saving.
 
+    Ctrl-C (in the main thread) stops at the next step boundary, hands the state to
+    ``on_checkpoint`` and raises :class:`TrainingInterrupted`; a second Ctrl-C stops at once. A
+    loss that becomes NaN/Inf or grows ``DIVERGENCE_FACTOR`` times above its lowest smoothed value
+    raises ``FloatingPointError`` before the step is taken, so the last checkpoint stays good.
+
     Returns:
-        The final :class:`TrainState` (``history`` holds the loss curves).
+        The final :class:`TrainState` (``history`` holds the loss curves); ``finished`` is True
+        only once the last epoch is done.
     """
     _checks.positive_int("epochs", epochs)
     if max_minutes is not None and not max_minutes > 0:
@@ -248,6 +325,17 @@ def fit(
     if max_minutes is not None:
         deadline = time.perf_counter() + max_minutes * 60  # of this call, not of the whole run
     say = log if (is_main and log is not None) else (lambda _msg: None)
+    with _Interrupt.deferred():
+        return _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer, scheduler,
+                           state, device, clip_norm, amp_dtype, scaler, deadline, max_steps,
+                           on_checkpoint, is_main, progress, say)
+
+
+def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer, scheduler, state,
+                device, clip_norm, amp_dtype, scaler, deadline, max_steps, on_checkpoint, is_main,
+                progress, say) -> TrainState:
+    if state.epoch < epochs:
+        state.finished = False  # a finished run resumed with more epochs is unfinished again
     while state.epoch < epochs:
         batches = train_batches(state.epoch) if callable(train_batches) else train_batches
         if len(batches) == 0:
@@ -266,9 +354,12 @@ def fit(
         if result.steps:
             state.history.setdefault("tokens_per_s", []).append(result.tokens_per_s)
         if result.stopped:
-            say(f"stopped at step {state.step} (epoch {state.epoch + 1}, batch {state.batch_in_epoch})")
+            why = "interrupted" if result.interrupted else "stopped"
+            say(f"{why} at step {state.step} (epoch {state.epoch + 1}, batch {state.batch_in_epoch})")
             if is_main and on_checkpoint is not None:
                 on_checkpoint(state)
+            if result.interrupted:
+                raise TrainingInterrupted(state)
             return state
         state.history["train_loss"].append(state.loss_sum / max(state.tokens, 1))
         if valid_batches is not None:
@@ -284,6 +375,8 @@ def fit(
         )
         if is_main and on_checkpoint is not None and state.epoch < epochs:
             on_checkpoint(state)
+        if _Interrupt.requested and state.epoch < epochs:  # Ctrl-C during validation or the save
+            raise TrainingInterrupted(state)
     state.finished = True
     if is_main and on_checkpoint is not None:
         on_checkpoint(state)

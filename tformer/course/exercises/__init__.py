@@ -6,7 +6,11 @@ In an exercise cell a reader writes a function and hands it over::
     check("attention.scaled_dot_product", my_attention)
 
 ``check`` runs the reader's function on several cases, compares it with the reference and prints
-either a pass or the first case that failed together with a hint about the usual mistake.
+either a pass or the first case that failed together with a hint about the usual mistake. It
+never lets a traceback out: an unfilled stub (``...`` as the body, ``raise NotImplementedError``,
+returning None) gets "not implemented yet — fill in the function above", a signature that cannot
+take the checker's arguments gets the call and the parameters to change, and an error raised
+inside the reader's function is reported in one line as theirs.
 
 Each chapter's checkers live in a module of this package (``attention.py``, ``layers.py``, …)
 that defines ``CHECKS: dict[str, Callable[[Callable], int]]``. A checker receives the reader's
@@ -15,9 +19,13 @@ callable, returns the number of cases it passed, and raises :class:`CheckFailed`
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable
+
+NOT_IMPLEMENTED = "not implemented yet — fill in the function above"
 
 
 class CheckFailed(AssertionError):
@@ -43,8 +51,71 @@ def available() -> list[str]:
     return sorted(_registry())
 
 
+class _Unfilled(Exception):
+    """The reader's function is still the stub: it raised NotImplementedError or returned None/...."""
+
+
+class _BadCall(Exception):
+    """The reader's function cannot take the arguments the checker passes (wrong signature)."""
+
+
+_FROM_READER = "_tformer_raised_by_reader"
+
+
+def _describe_arg(value: object) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"tensor{tuple(shape)}"
+    if callable(value) or hasattr(value, "parameters"):
+        return type(value).__name__
+    text = repr(value)
+    return text if len(text) <= 20 else type(value).__name__
+
+
+def _guarded(fn: Callable) -> Callable:
+    """``fn`` as the checker sees it: a stub becomes :class:`_Unfilled`, a call its signature cannot
+    take becomes :class:`_BadCall`, and an error raised inside ``fn`` is marked as the reader's."""
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature: just call them
+        signature = None
+    label = getattr(fn, "__name__", "your function")
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if signature is not None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as error:
+                passed = [_describe_arg(a) for a in args] + [f"{k}=…" for k in kwargs]
+                raise _BadCall(
+                    f"the checker calls {label}({', '.join(passed)}) but your function is "
+                    f"{label}{signature} ({error}): change its parameters"
+                ) from None
+        try:
+            out = fn(*args, **kwargs)
+        except NotImplementedError:
+            raise _Unfilled from None
+        except Exception as error:
+            try:
+                setattr(error, _FROM_READER, True)
+            except AttributeError:
+                pass
+            raise
+        if out is None or out is Ellipsis:
+            raise _Unfilled
+        return out
+
+    return call
+
+
 def check(name: str, fn: Callable, *, quiet: bool = False) -> bool:
     """Run the checker called ``name`` on the reader's ``fn``; print the verdict and return it.
+
+    Every outcome is one printed line (two with a hint), never a traceback: a pass, the first
+    failed case, "not implemented yet" for an unfilled stub (``raise NotImplementedError``, a
+    body of ``...``, a function returning None), what to change when the signature cannot take
+    the checker's arguments, or the error the reader's function raised.
 
     Raises:
         TypeError: ``name`` is not a string or ``fn`` is not callable.
@@ -60,18 +131,31 @@ def check(name: str, fn: Callable, *, quiet: bool = False) -> bool:
     checks = _registry()
     if name not in checks:
         raise ValueError(f"no exercise checker named {name!r}; valid names: {', '.join(sorted(checks))}")
+
+    def say(line: str, hint: str = "") -> None:
+        if not quiet:
+            print(line)
+            if hint:
+                print(f"  Hint: {hint}")
+
     try:
-        passed = checks[name](fn)
+        passed = checks[name](_guarded(fn))
+    except _Unfilled:
+        say(f"… {name}: {NOT_IMPLEMENTED}")
+        return False
+    except _BadCall as bad:
+        say(f"✗ {name}: {bad}")
+        return False
     except CheckFailed as failure:
-        if not quiet:
-            print(f"✗ {name}: {failure.message}")
-            if failure.hint:
-                print(f"  Hint: {failure.hint}")
+        say(f"✗ {name}: {failure.message}", failure.hint)
         return False
-    except Exception as error:  # the reader's function crashed: show it as a failed case
-        if not quiet:
-            print(f"✗ {name}: your function raised {type(error).__name__}: {error}")
+    except Exception as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        if getattr(error, _FROM_READER, False):
+            say(f"✗ {name}: your function raised {type(error).__name__}: {first_line}")
+        else:  # the checker could not use what came back (a wrong type or shape it did not foresee)
+            say(f"✗ {name}: the checker could not use what your function returned "
+                f"({type(error).__name__}: {first_line}); check its type and shape against the exercise")
         return False
-    if not quiet:
-        print(f"✓ {name}: all {passed} cases pass")
+    say(f"✓ {name}: all {passed} cases pass")
     return True

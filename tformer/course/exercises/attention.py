@@ -62,6 +62,20 @@ HINT_SCALE = (
     "math.sqrt(d_k). Without it large d_k pushes the softmax into saturation (§3.2.1)."
 )
 HINT_SCALE_DK = "divide by √d_k (math.sqrt(d_k)), not by d_k itself."
+HINT_SCALE_DV = (
+    "scale by √d_k, the size of the queries and keys (q.shape[-1]), not by √d_v, the size of the "
+    "values (v.shape[-1]): the dot products q·k are what grow with the dimension (§3.2.1)."
+)
+HINT_FULLY_MASKED_NAN = (
+    "a query whose mask row is all False gives NaN when the scores are filled with -inf (softmax of "
+    "all -inf is 0/0). Fill with torch.finfo(scores.dtype).min instead, and set the masked weights to "
+    "0 after the softmax (weights.masked_fill(~mask, 0.0)), so that query's output is all zeros."
+)
+HINT_FULLY_MASKED_UNIFORM = (
+    "a query whose mask row is all False may attend to nothing, so its output must be zeros; your "
+    "answer averages all values there. After the softmax set the masked weights to 0: "
+    "weights.masked_fill(~mask, 0.0)."
+)
 HINT_AXIS = (
     "the softmax must run over the keys, the last axis: torch.softmax(scores, dim=-1), so that "
     "each query's weights α_{i,·} sum to 1."
@@ -95,6 +109,10 @@ def _sdpa_variants(q, k, v, mask) -> dict[str, torch.Tensor]:
         HINT_SCALE_DK: torch.softmax(fill(raw / d_k, mask), -1) @ v,
         HINT_AXIS: torch.softmax(fill(scores, mask), -2) @ v,
     }
+    if v.shape[-1] != d_k:
+        out[HINT_SCALE_DV] = torch.softmax(fill(raw / math.sqrt(v.shape[-1]), mask), -1) @ v
+    if mask is not None and bool((~mask.any(-1)).any()):
+        out[HINT_FULLY_MASKED_UNIFORM] = torch.softmax(fill(scores, mask), -1) @ v
     if mask is not None:
         out[HINT_MASK_AFTER] = torch.softmax(scores, -1).masked_fill(~mask, 0.0) @ v
         out[HINT_MASK_INVERTED] = torch.softmax(fill(scores, ~mask), -1) @ v
@@ -118,6 +136,13 @@ def check_scaled_dot_product(fn: Callable) -> int:
         ("causal mask (T=5, d_k=16)", randn(1, 5, 16), randn(1, 5, 16), randn(1, 5, 4), causal_mask(5)),
         ("key padding mask (B=2, lengths 5 and 3)", randn(2, 2, 4, 16), randn(2, 2, 5, 16),
          randn(2, 2, 5, 8), key_padding),
+        # A query that may see no key at all (a padded query of an empty sentence, say): its
+        # output must be zeros, not NaN. Row 2 is fully masked; the others are partly masked.
+        ("query 2 may attend to no key (its mask row is all False)", randn(1, 4, 8), randn(1, 5, 8),
+         randn(1, 5, 3), torch.tensor([[True, True, False, False, True],
+                                       [True, False, True, False, False],
+                                       [False, False, False, False, False],
+                                       [True, True, True, True, False]])),
     ]
     for i, (name, q, k, v, mask) in enumerate(cases, start=1):
         got = fn(q, k, v) if mask is None else fn(q, k, v, mask=mask)
@@ -133,6 +158,10 @@ def check_scaled_dot_product(fn: Callable) -> int:
             if isinstance(got, torch.Tensor) and got.shape != want.shape and k.shape[-2] != k.shape[-1]:
                 hint = HINT_TRANSPOSE
             hint = _diagnose(got, _sdpa_variants(q, k, v, mask), hint)
+            fully_masked = mask is not None and bool((~mask.any(-1)).any())
+            if (fully_masked and isinstance(got, torch.Tensor) and got.shape == want.shape
+                    and not torch.isfinite(got).all()):
+                hint = HINT_FULLY_MASKED_NAN
             raise CheckFailed(f"case {i} ({name}): {_describe(got, want)}", hint)
         if weights is not None and not _close(weights, want_w):
             raise CheckFailed(f"case {i} ({name}): the weights differ, {_describe(weights, want_w)}",

@@ -141,6 +141,34 @@ HINT_NO_CAUSAL = "the self-attention needs tgt_mask (the causal mask), or positi
 HINT_CROSS_SELF = "the second attention must look at memory (the encoder output), not at x again."
 
 
+def _call_watching_cross_attention(fn: Callable, layer: DecoderLayer, x, memory, tgt_mask,
+                                   memory_mask) -> tuple[object, bool]:
+    """Run ``fn`` and report whether it fed ``memory`` to ``layer.cross_attn`` as the queries.
+
+    A swapped call usually crashes inside the attention (the memory mask no longer fits), so
+    the swap is seen by a hook on the way in, before that error, and named instead of it.
+    """
+    S, T = memory.shape[1], x.shape[1]
+    seen: list[bool] = []
+
+    def hook(module, args, kwargs):
+        query = args[0] if args else kwargs.get("query")
+        key = args[1] if len(args) > 1 else kwargs.get("key")
+        if isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor):
+            seen.append(query.shape[1] == S and key.shape[1] == T)
+
+    handle = layer.cross_attn.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        got = fn(layer, x.clone(), memory.clone(), tgt_mask, memory_mask)
+    except Exception:
+        if seen and seen[0]:
+            return None, True
+        raise
+    finally:
+        handle.remove()
+    return got, bool(seen and seen[0])
+
+
 def check_decoder_layer(fn: Callable) -> int:
     """``fn(layer, x, memory, tgt_mask, memory_mask)``: the post-LN decoder layer (dropout off)."""
     cases = [(2, 4, 6, 16, 4), (1, 5, 3, 8, 2), (3, 3, 5, 16, 2)]
@@ -155,7 +183,10 @@ def check_decoder_layer(fn: Callable) -> int:
         n1, n2, n3 = layer.norm1, layer.norm2, layer.norm3
         with torch.no_grad():
             want = layer(x, memory, tgt_mask, memory_mask)
-            got = fn(layer, x.clone(), memory.clone(), tgt_mask, memory_mask)
+            got, swapped = _call_watching_cross_attention(fn, layer, x, memory, tgt_mask, memory_mask)
+        if swapped:
+            raise CheckFailed(f"case {i} (T={T} targets, S={S} sources): cross-attention got the "
+                              "encoder output as its queries", HINT_CROSS_SWAPPED)
         if not _close(got, want):
             with torch.no_grad():
                 y = n1(x + sa(x, x, x, mask=None))

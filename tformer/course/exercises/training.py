@@ -144,6 +144,24 @@ HINT_GREEDY = (
 )
 
 
+HINT_GREEDY_SRC_MASK = (
+    "the shorter sources end in padding (id model.config.pad_id): pass the source mask "
+    "src_mask = model.make_src_mask(src) to model.decode (and encode), or the decoder attends to "
+    "the padded source positions."
+)
+
+
+def _greedy_ignoring_source_mask(model, src: torch.Tensor, max_len: int, bos: int, eos: int) -> list:
+    # The classic slip: encode(src) builds its own mask, but decode(ys, memory) without src_mask
+    # lets the cross-attention see the padded source positions.
+    with torch.no_grad():
+        memory = model.encode(src)
+        ys = torch.full((src.shape[0], 1), bos, dtype=torch.long)
+        for _ in range(max_len):
+            ys = torch.cat([ys, model.decode(ys, memory)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return [_until_eos(r, eos) for r in ys[:, 1:].tolist()]
+
+
 def _until_eos(row: list[int], eos: int) -> list[int]:
     return row[: row.index(eos) + 1] if eos in row else row
 
@@ -151,22 +169,37 @@ def _until_eos(row: list[int], eos: int) -> list[int]:
 def check_greedy(fn: Callable) -> int:
     """``fn(model, src (B, S), max_len, bos_id, eos_id) -> (B, T)`` ids without <bos>."""
     torch.manual_seed(0)
+    # An untied random output layer makes the untrained model's choices depend on the source and
+    # the prefix (a tied one mostly repeats the last token); pad and <bos> are never predicted.
     model = Transformer(TransformerConfig(15, 12, d_model=16, num_heads=2, num_encoder_layers=1,
-                                          num_decoder_layers=1, dim_feedforward=32, max_len=32)).eval()
+                                          num_decoder_layers=1, dim_feedforward=32, max_len=32,
+                                          tie_output=False)).eval()
     with torch.no_grad():
-        model.generator.bias.normal_(0, 2.0)
+        model.generator.weight.normal_(0, 1.0)
+        model.generator.bias.zero_()
+        model.generator.bias[:2] = -1e4
     g = torch.Generator().manual_seed(1)
     passed = 0
-    for i, eos in enumerate((2, 5, 7), start=1):
+    # The sources of one batch have different lengths, so the shorter ones end in padding (id 0):
+    # an answer that forgets the source mask translates the padding too and is caught.
+    pad = model.config.pad_id
+    for i, (eos, lengths) in enumerate(((2, (6, 4, 2)), (5, (6, 6, 3)), (7, (5, 1, 6))), start=1):
         src = torch.randint(3, 15, (3, 6), generator=g)
+        src = src.masked_fill(torch.arange(6)[None, :] >= torch.tensor(lengths)[:, None], pad)
         want = [_until_eos(r, eos) for r in greedy_decode(model, src, max_len=10, eos_id=eos).tolist()]
         out = fn(model, src.clone(), 10, 1, eos)
         got = out.tolist() if isinstance(out, torch.Tensor) else out
-        got_rows = [_until_eos([t for t in r], eos) for r in got] if isinstance(got, list) else None
+        got_rows = ([_until_eos(list(r), eos) for r in got]
+                    if isinstance(got, list) and all(isinstance(r, list) for r in got) else None)
         if got_rows != want:
             hint = HINT_GREEDY
             if got_rows and all(r[:1] == [1] for r in got_rows):
                 hint = HINT_GREEDY_BOS
+            elif got_rows == _greedy_ignoring_source_mask(model, src, 10, 1, eos):
+                hint = HINT_GREEDY_SRC_MASK
+            if not isinstance(got, list):
+                raise CheckFailed(f"case {i} (eos_id={eos}): expected a (B, T) tensor of ids, got "
+                                  f"{type(out).__name__}", hint=hint)
             raise CheckFailed(f"case {i} (eos_id={eos}): expected {want}, got {got_rows}", hint=hint)
         if isinstance(got, list) and any(eos in r and any(t != 0 for t in r[r.index(eos) + 1 :]) for r in got):
             raise CheckFailed(f"case {i}: tokens other than padding follow <eos>", hint=HINT_GREEDY_EOS)

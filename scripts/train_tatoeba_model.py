@@ -1,0 +1,81 @@
+"""Train the Tatoeba translator that chapters 8 and 9 load (``make tatoeba-model``).
+
+The same run as ``python -m tformer train --data tatoeba --out OUT``: the recipe's defaults
+(``Settings.for_data("tatoeba")``, its tokenizer, 15 minutes), the same data, the same
+checkpoint. It also keeps a copy of the weights after every epoch in ``OUT/epochs/`` with the
+training minutes at which each was saved (``OUT/epochs/minutes.json``), so chapter 8 can plot BLEU
+against training time from one run and try averaging the last epochs' weights.
+
+    python scripts/train_tatoeba_model.py runs/tatoeba-model [--max-minutes 15] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tformer.recipes.translation import Settings, load_data, tokenizer_for, train_translation
+
+WEIGHTS = "model.safetensors"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--max-minutes", type=float, default=None, help="default: the recipe's (15)")
+    p.add_argument("--threads", type=int, default=None, help="default: torch's choice")
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    settings = Settings.for_data("tatoeba")
+    if args.max_minutes is not None:
+        settings.max_minutes = args.max_minutes
+    tokenizer, bpe_vocab_size = tokenizer_for("tatoeba")
+    if args.out.exists():  # a checkpoint of an earlier or interrupted run: start again
+        if any(args.out.iterdir()) and not (args.out / "config.json").exists():
+            raise SystemExit(f"{args.out} holds files but no checkpoint; give a new or empty directory")
+        shutil.rmtree(args.out)
+    # the copies go into OUT/epochs once OUT holds a checkpoint (train_translation saves only into
+    # a directory that is empty or holds one)
+    epochs = args.out / "epochs"
+    minutes: list[float] = []
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+        # train_translation saves epoch N right after its "epoch N/..." line, so the weights on
+        # disk at such a line (or at "stopped ...") are the previous epoch's
+        if message.startswith(("epoch ", "stopped ")) and (args.out / WEIGHTS).exists():
+            epochs.mkdir(exist_ok=True)
+            shutil.copy(args.out / WEIGHTS, epochs / f"epoch{len(minutes) + 1}.safetensors")
+            minutes.append(round(last[0], 3))
+        if message.startswith("epoch "):
+            last[0] = (time.perf_counter() - t0) / 60
+
+    splits = load_data("tatoeba")
+    _, state = train_translation(splits, args.out, settings, data_source="tatoeba", tokenizer=tokenizer,
+                                 bpe_vocab_size=bpe_vocab_size, progress=False, log=log)
+    epochs.mkdir(exist_ok=True)
+    if state.finished:
+        shutil.copy(args.out / WEIGHTS, epochs / f"epoch{len(minutes) + 1}.safetensors")
+        minutes.append(round(last[0], 3))
+    record = {"epoch_minutes": minutes, "steps": state.step, "epochs_done": state.epoch,
+              "train_minutes": round((time.perf_counter() - t0) / 60, 3), "threads": torch.get_num_threads(),
+              "cpu_count": os.cpu_count()}
+    tmp = epochs / "minutes.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, epochs / "minutes.json")
+    print(f"{state.step} steps, {state.epoch} full epochs; checkpoint in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
