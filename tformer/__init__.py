@@ -18,6 +18,7 @@ from tformer.inference.generation import generate
 from tformer.masks import causal_mask, padding_mask
 from tformer.nn.attention import MultiHeadAttention, scaled_dot_product_attention
 from tformer.nn.gpt import GPT, GPTConfig
+from tformer.nn.llama import Llama, LlamaConfig
 from tformer.nn.positional import PositionalEncoding, sinusoidal_encoding
 from tformer.nn.transformer import Transformer, TransformerConfig, count_parameters
 
@@ -26,6 +27,8 @@ __version__ = "0.1.0"
 __all__ = [
     "GPT",
     "GPTConfig",
+    "Llama",
+    "LlamaConfig",
     "MultiHeadAttention",
     "PositionalEncoding",
     "Transformer",

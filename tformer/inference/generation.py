@@ -147,7 +147,8 @@ def reorder_caches(caches: list, rows: torch.Tensor) -> None:
 
 def _lm_step(model: nn.Module) -> Step:
     def step(ids: torch.Tensor, caches: list | None, start: int) -> torch.Tensor:
-        return model(ids, caches=caches, start=start)[0]  # (logits, loss) -> logits
+        out = model(ids, caches=caches, start=start)
+        return out[0] if isinstance(out, tuple) else out  # GPT returns (logits, loss), Llama logits
 
     return step
 
@@ -168,8 +169,8 @@ def generate(
 ) -> torch.Tensor:
     """Continue the token ids ``idx`` (B, T) of a decoder-only model by ``max_new_tokens`` tokens.
 
-    The model must return ``(logits, loss)`` from ``model(ids, caches=...)`` and have
-    ``new_caches()`` (:class:`tformer.nn.gpt.GPT` does). ``do_sample=False`` is greedy (argmax)
+    ``model(ids, caches=..., start=...)`` must return the logits or ``(logits, loss)``, and the
+    model must have ``new_caches()`` (:class:`tformer.nn.gpt.GPT` and :class:`tformer.nn.llama.Llama` do). ``do_sample=False`` is greedy (argmax)
     decoding; otherwise each token is drawn by :func:`sample` with ``temperature``, ``top_k`` and
     ``top_p``. The model runs in eval mode and is put back afterwards. A context longer than the
     model's ``config.block_size`` is cut to its last ``block_size`` tokens.
