@@ -51,7 +51,10 @@ bench: $(STAMP)
 	$(BIN)/python -m tformer bench
 	$(BIN)/python scripts/render_performance.py
 
-rnn-vs-transformer: $(STAMP)
+# Skipped when the results exist (delete the folder to retrain).
+rnn-vs-transformer: _build/rnn_vs_transformer/results.json
+
+_build/rnn_vs_transformer/results.json: | $(STAMP)
 	$(BIN)/python scripts/train_rnn_vs_transformer.py --out _build/rnn_vs_transformer
 
 # The run of `python -m tformer train --data tatoeba` with its defaults (15 minutes of training on
