@@ -32,10 +32,11 @@ INTRO = """\
 # Performance
 
 Is the readable code of this course also fast? Each section below answers that for one part of
-`tformer` by timing it **side by side** with PyTorch's own implementation (or with another path of
-`tformer`) in the same run, alternating between the two so that both see the same machine load.
-The figure that matters is therefore a **ratio**; where a table also shows milliseconds or tokens
-per second, those are absolute figures that hold only for the machine named below.
+`tformer` by timing it **side by side** with a reference in the same run — PyTorch's own
+implementation, Hugging Face `transformers`, or another path of `tformer` — alternating between
+the two so that both see the same machine load. The figure that matters is therefore a **ratio**;
+where a table also shows milliseconds, tokens per second or FLOP/s, those are absolute figures that
+hold only for the machine the section names (the table below lists every machine used).
 
 To measure your own machine, run `make bench` (it runs `python -m tformer bench` and then
 `python scripts/render_performance.py`, which writes this page). `python -m tformer bench --only
@@ -102,19 +103,28 @@ def render(results: dict | None, out_dir: Path, page_dir: Path = PAGE.parent) ->
         parts.append("No results yet: run `make bench` to measure this machine.\n")
         return "".join(parts)
     machine = results.get("machine", {})
-    parts.append("## The machine\n\n")
+    entries = results.get("benchmarks", {})
+    machines: dict[str, dict] = {}  # one row per machine, naming the benchmarks measured on it
+    for name in BENCHMARKS:
+        if isinstance(entries.get(name), dict):
+            m = entries[name].get("machine") or machine
+            machines.setdefault(describe_machine(m), {"machine": m, "names": []})["names"].append(name)
+    parts.append("## The machines\n\n" if len(machines) > 1 else "## The machine\n\n")
     parts.append(
         markdown_table([{
-            "CPU": machine.get("cpu"), "cores": machine.get("usable_cores", machine.get("cores")),
-            "torch": machine.get("torch"), "threads": machine.get("torch_threads"),
-            "GPU": machine.get("gpu") or "none", "platform": machine.get("platform"),
-            "measured": machine.get("date"),
-        }]) + "\n\n"
+            "CPU": m.get("cpu"), "cores": m.get("usable_cores", m.get("cores")),
+            "torch": m.get("torch"), "threads": m.get("torch_threads"),
+            "GPU": m.get("gpu") or "none", "platform": m.get("platform"),
+            "measured": m.get("date"), "benchmarks": ", ".join(row["names"]),
+        } for row in machines.values() for m in [row["machine"]]] or [{"CPU": machine.get("cpu")}]) + "\n\n"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in BENCHMARKS:
         res = results.get("benchmarks", {}).get(name)
         if res is None:
+            continue
+        if res.get("status") == "skipped":
+            parts.append(f"## {res.get('title', name)}\n\nNot measured on this machine: {fmt(res.get('skipped'))}.\n\n")
             continue
         if res.get("status") != "ok":
             parts.append(f"## `{name}`: not measured\n\nThis benchmark failed: `{fmt(res.get('error'))}`.\n\n")
@@ -132,7 +142,7 @@ def render(results: dict | None, out_dir: Path, page_dir: Path = PAGE.parent) ->
                          f"{fmt(res['plot'].get('title', name))}; vertical axis: {fmt(res['plot'].get('ylabel', ''))}.\n```\n\n")
         if rows:
             parts.append(markdown_table(rows) + "\n\n")
-    parts.append(f"_Machine: {describe_machine(machine)}._\n")
+    parts.append("_" + "; ".join(f"{', '.join(row['names'])}: {text}" for text, row in machines.items()) + "._\n")
     return "".join(parts)
 
 
@@ -147,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{args.results} not found: writing a page that says how to measure", file=sys.stderr)
     text = render(results, args.results.parent, args.page.parent)
-    args.page.write_text(text, encoding="utf-8")
+    tmp = args.page.with_name(args.page.name + ".tmp")  # atomic: the book never reads half a page
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, args.page)
     print(f"wrote {args.page}")
     return 0
 

@@ -11,11 +11,14 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 import tformer.benchmarks as bench
 from tformer.benchmarks import gpt as gpt_bench
 from tformer.benchmarks import kv_cache as kv_bench
+from tformer.benchmarks import smollm2 as smollm2_bench
 from tformer.data.sources import tiny_shakespeare
+from tformer.nn.gpt import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +68,7 @@ def test_unknown_only_name_exits_2_and_lists_valid_names(capsys):
     assert bench.main(["--only", "attention,nope", "--quick"]) == 2
     err = capsys.readouterr().err
     assert "'nope'" in err
-    for name in ("attention", "fused", "model", "kv_cache", "gpt", "translation"):
+    for name in ("attention", "fused", "model", "kv_cache", "gpt", "translation", "smollm2"):
         assert name in err
 
 
@@ -106,6 +109,23 @@ def test_only_updates_one_entry_and_keeps_the_others(fake_benchmarks, tmp_path):
     assert bench.main(["--only", "good", "--out", str(out)]) == 0  # all selected ran: exit 0
     res = json.loads(out.read_text())["benchmarks"]
     assert set(res) == {"good", "bad"} and res["good"]["status"] == "ok"
+
+
+def test_entries_from_another_machine_are_kept_labelled_with_that_machine(fake_benchmarks, tmp_path):
+    out = tmp_path / "bench" / "results.json"
+    out.parent.mkdir()
+    other = {"cpu": "Other CPU 9000", "cores": 64, "usable_cores": 64, "torch": "0.0", "torch_threads": 64,
+             "date": "2000-01-01 00:00 UTC"}
+    old_entry = {"title": "Old", "summary": "ratio 9", "metrics": {}, "table": [], "status": "ok"}
+    out.write_text(json.dumps({"machine": other, "benchmarks": {"bad": old_entry}}))
+    assert bench.main(["--only", "good", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["benchmarks"]["bad"]["machine"] == other and doc["benchmarks"]["bad"]["summary"] == "ratio 9"
+    assert doc["benchmarks"]["good"]["machine"] == doc["machine"] != other
+    page = tmp_path / "performance.md"
+    assert _load_renderer().main(["--results", str(out), "--page", str(page)]) == 0
+    text = page.read_text()
+    assert "## The machines" in text and "| Other CPU 9000 | 64 |" in text and "| good |" in text
 
 
 def test_quick_run_does_not_overwrite_the_committed_results():
@@ -196,8 +216,61 @@ def test_benchmark_reads_the_shipped_tiny_shakespeare_when_no_data_file_is_given
     monkeypatch.setattr(gpt_bench, "tiny_shakespeare", small_shakespeare)
     result = gpt_bench.run(quick=True)
     assert calls == [True]
-    assert result["metrics"]["iterations"] == 20
-    assert math.isfinite(result["metrics"]["val_loss"])
+    m = result["metrics"]
+    assert m["iterations"] == 20
+    assert math.isfinite(m["val_loss"])
+    # the torch.nn twin started from the same weights and saw the same batches: the same loss
+    assert m["reference_val_loss"] == pytest.approx(m["val_loss"], abs=1e-3)
+    assert m["speed_ratio_vs_reference"] == pytest.approx(m["reference_ms_per_iter"] / m["ms_per_iter"])
+    # utilisation = FLOPs per iteration / seconds per iteration / measured matmul peak
+    assert m["mfu"] == pytest.approx(m["flops_per_iter"] / (m["ms_per_iter"] / 1000) / (m["matmul_peak_gflops"] * 1e9))
+    assert 0 < m["mfu"] < 1 and 0 < m["reference_mfu"] < 1
+
+
+def _small_gpt(bias: bool) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=11, block_size=16, num_layers=2, num_heads=2, d_model=8, bias=bias))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_torch_nn_reference_gpt_copies_the_weights_and_gives_the_same_logits_and_gradients(bias):
+    ours = _small_gpt(bias)
+    ref = gpt_bench.TorchGPT.from_gpt(ours)
+    assert ref.lm_head.weight is ref.tok_emb.weight  # the head stays tied after the copy
+    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
+    x, y = torch.randint(0, 11, (3, 16)), torch.randint(0, 11, (3, 16))
+    logits, loss = ours(x, y)
+    ref_logits, ref_loss = ref(x, y)
+    torch.testing.assert_close(ref_logits, logits)
+    loss.backward()
+    ref_loss.backward()
+    torch.testing.assert_close(ref.tok_emb.weight.grad, ours.tok_emb.weight.grad)
+    torch.testing.assert_close(ref.blocks.layers[0].linear1.weight.grad, ours.blocks[0].ffn.linear1.weight.grad)
+    # causal: a change in the last token leaves every earlier position's logits unchanged
+    x2 = x.clone()
+    x2[:, -1] = (x2[:, -1] + 1) % 11
+    torch.testing.assert_close(ref(x2)[0][:, :-1], ref_logits[:, :-1])
+
+
+def test_reference_refuses_a_gpt_it_does_not_mirror():
+    gpt = GPT(GPTConfig(vocab_size=11, block_size=16, num_layers=1, num_heads=2, d_model=8, positions="sinusoidal"))
+    with pytest.raises(ValueError, match="learned positions"):
+        gpt_bench.TorchGPT.from_gpt(gpt)
+
+
+def test_training_flops_per_token_follow_kaplan_6n_plus_attention():
+    gpt = _small_gpt(bias=False)
+    V, T, L, d = 11, 16, 2, 8
+    # without biases: token embedding (tied head), per layer 4·d² attention + 2·d·4d FFN + 2 LayerNorm
+    # gains, the final LayerNorm gain; the position embedding is a lookup and is left out
+    n = V * d + L * (4 * d * d + 8 * d * d + 2 * d) + d
+    assert gpt_bench.flops_per_token(gpt, gpt.config, T) == 6 * n + 12 * L * T * d
+
+
+def test_matmul_peak_is_two_n_cubed_over_the_best_time(monkeypatch):
+    ticks = iter([0.0, 0.5, 1.0, 1.25])  # two timed products: 0.5 s and 0.25 s
+    monkeypatch.setattr(gpt_bench.time, "perf_counter", lambda: next(ticks))
+    assert gpt_bench.matmul_peak_flops(n=64, repeats=2) == 2 * 64**3 / 0.25
 
 
 def test_benchmark_runs_quick_on_a_small_data_file_and_names_a_missing_one(tmp_path):
@@ -216,3 +289,30 @@ def test_kv_cache_benchmark_quick_run_reports_identical_tokens():
     json.dumps(result)
     assert result["metrics"]["identical_tokens"] is True
     assert result["metrics"]["new_tokens"] == 32 and result["metrics"]["speedup"] > 0
+
+
+def test_smollm2_benchmark_is_skipped_with_the_install_command_when_a_package_is_missing(
+    monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setattr(smollm2_bench, "NEEDS", {**smollm2_bench.NEEDS, "no_such_pkg_xyz": "pip install no-such-pkg"})
+    out = tmp_path / "r.json"
+    assert bench.main(["--only", "smollm2", "--quick", "--out", str(out)]) == 0  # skipped is not failed
+    assert "skipped: " in capsys.readouterr().out
+    res = json.loads(out.read_text())["benchmarks"]["smollm2"]
+    assert res["status"] == "skipped" and "`pip install no-such-pkg`" in res["skipped"]
+    page = tmp_path / "performance.md"
+    assert _load_renderer().main(["--results", str(out), "--page", str(page)]) == 0
+    assert "Not measured on this machine: needs packages" in page.read_text()
+
+
+@pytest.mark.slow
+def test_smollm2_quick_benchmark_generates_the_same_tokens_as_transformers():
+    if smollm2_bench.missing_packages():
+        pytest.skip(f"needs {smollm2_bench.missing_packages()}")
+    res = bench.run_one("smollm2", quick=True)
+    assert res["status"] == "ok", res.get("error")
+    m = res["metrics"]
+    assert m["identical_tokens"] is True and m["new_tokens"] == 8
+    assert m["tokens_per_s_tformer"] > 0 and m["ratio"] == pytest.approx(
+        m["tokens_per_s_tformer"] / m["tokens_per_s_transformers"])
+    json.dumps(res)

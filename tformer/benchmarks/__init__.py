@@ -5,6 +5,10 @@ returning ``{"title", "summary", "hardware_note", "metrics", "table"}`` (JSON-se
 figure in it is either a ratio of two things measured side by side in the same run, or an absolute
 time labelled with the hardware it was measured on (the runner records that machine).
 
+A benchmark that cannot run here because an optional package is missing returns its title and
+summary with ``"skipped": "<reason, naming the pip command>"`` (and empty ``metrics`` and
+``table``); the runner records it with ``status`` "skipped", and that is not a failure.
+
 The runner imports each module only when it runs it, so one that is missing or raises is reported
 as failed with the reason and the others still run. ``scripts/render_performance.py`` turns the
 JSON into ``book/performance.md``.
@@ -35,6 +39,7 @@ BENCHMARKS: dict[str, str] = {
     "kv_cache": "tformer.benchmarks.kv_cache",
     "gpt": "tformer.benchmarks.gpt",
     "translation": "tformer.benchmarks.translation",
+    "smollm2": "tformer.benchmarks.smollm2",
 }
 
 REQUIRED_KEYS = ("title", "summary", "metrics", "table")
@@ -167,7 +172,8 @@ def _jsonable(value: object) -> object:
 
 
 def run_one(name: str, quick: bool = False) -> dict:
-    """Run benchmark ``name``; always returns a dict with ``status`` "ok" or "failed" (+ ``error``)."""
+    """Run benchmark ``name``; always returns a dict with ``status`` "ok", "skipped" (+ ``skipped``,
+    the reason) or "failed" (+ ``error``)."""
     module_name = BENCHMARKS[name]
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
@@ -202,7 +208,8 @@ def run_one(name: str, quick: bool = False) -> dict:
             "seconds": round(time.perf_counter() - t0, 2),
         }
     torch.set_num_threads(threads)  # a benchmark that changed it must not change the next one
-    return {**result, "status": "ok", "seconds": round(time.perf_counter() - t0, 2)}
+    status = "skipped" if result.get("skipped") else "ok"
+    return {**result, "status": status, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def parse_only(text: str | None) -> list[str]:
@@ -220,14 +227,19 @@ def parse_only(text: str | None) -> list[str]:
     return names
 
 
-def _load_previous(out: Path, machine: dict) -> dict:
-    """Earlier results in ``out`` from the same machine (so ``--only`` updates one entry)."""
+def _load_previous(out: Path) -> dict:
+    """Earlier results in ``out`` (so ``--only`` updates one entry and keeps the others), each
+    labelled with the machine it was measured on: its own ``machine``, or the file's."""
     try:
         old = json.loads(out.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    same = all(old.get("machine", {}).get(k) == machine[k] for k in ("cpu", "cores", "torch"))
-    return old.get("benchmarks", {}) if same and isinstance(old.get("benchmarks"), dict) else {}
+    entries = old.get("benchmarks") if isinstance(old, dict) else None
+    if not isinstance(entries, dict):
+        return {}
+    file_machine = old.get("machine")
+    return {name: {"machine": file_machine, **res} if isinstance(res, dict) else res
+            for name, res in entries.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns 0 if every benchmark ran, 1 if one failed, 2 on bad input."""
+    """Command-line entry point; returns 0 if every benchmark ran or was skipped, 1 if one failed,
+    2 on bad input."""
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.list:
@@ -262,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out if args.out is not None else default_out(args.quick)
     machine = machine_info()
     print(f"tformer bench on {describe_machine(machine)}{' (quick)' if args.quick else ''}", flush=True)
-    results = _load_previous(out, machine) if args.only else {}
+    results = _load_previous(out) if args.only else {}
     out.parent.mkdir(parents=True, exist_ok=True)
     failed = []
     for i, name in enumerate(names, 1):
@@ -270,16 +283,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = run_one(name, quick=args.quick)
         res["quick"] = args.quick
         res["date"] = machine_info()["date"]
+        res["machine"] = machine
         results[name] = res
         if res["status"] == "ok":
             print(f"    ok in {res['seconds']:.1f} s: {res['summary']}", flush=True)
+        elif res["status"] == "skipped":
+            print(f"    skipped: {res['skipped']}", flush=True)
         else:
             failed.append(name)
             print(f"    FAILED after {res['seconds']:.1f} s: {res['error']}", flush=True)
         # written after every benchmark, so an interrupted run keeps what it measured
         ordered = {n: results[n] for n in BENCHMARKS if n in results}
         doc = {"machine": machine, "benchmarks": ordered}
-        out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp = out.with_name(out.name + ".tmp")  # atomic: a reader never sees half a file
+        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
     print(f"wrote {out}")
     if failed:
         print(f"{len(failed)} of {len(names)} failed: {', '.join(failed)}", file=sys.stderr)
