@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -65,3 +67,12 @@ def tiny_translation_run(seed: int = 0, n: int = 48):
         return make_batches(pairs, sv, tv, tokenize_zh, tokenize_en, batch_size=8, shuffle=True, seed=epoch)
 
     return model, opt, sched, batches, sv, tv
+
+
+def chromium() -> str:
+    """Path of Debian's headless Chromium, or skip the test saying how to install it."""
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("Chromium is not installed: run `bash scripts/install_chromium.sh` (Debian's chromium)")

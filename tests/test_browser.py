@@ -16,7 +16,6 @@ import functools
 import http.server
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
+from helpers import chromium as find_chromium
 
 pytestmark = pytest.mark.browser
 
@@ -47,14 +47,6 @@ PROGRESS = re.compile(r"\d+%\||it/s\]|s/it\]|^\s*$")  # a tqdm bar's line (or bl
 
 
 # ---------------------------------------------------------------------------- fixtures
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("Chromium is not installed: run `bash scripts/install_chromium.sh` (Debian's chromium)")
-
-
 def _newest_source() -> float:
     times = [p.stat().st_mtime for pattern in SOURCES for p in ROOT.glob(pattern)]
     return max(times, default=0.0)
@@ -62,7 +54,7 @@ def _newest_source() -> float:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    return _chromium()
+    return find_chromium()
 
 
 @pytest.fixture(scope="module")

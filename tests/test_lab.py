@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import chromium as find_chromium
 
 pytestmark = pytest.mark.browser
 
@@ -44,14 +45,6 @@ FLAGS = [
 ]
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("Chromium is not installed: run `bash scripts/install_chromium.sh` (Debian's chromium)")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,7 +59,7 @@ def _directives(nb: dict) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """(base URL, token, served folder) of a JupyterLab started for this test module."""
-    chromium = _chromium()
+    chromium = find_chromium()
     home = tmp_path_factory.mktemp("lab")
     served = home / "notebooks"
     served.mkdir()

@@ -6,6 +6,8 @@ it got and what was expected, so a learner sees the mistake at the line they wro
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 
@@ -60,6 +62,17 @@ def boolean(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return value
+
+
+def config_from_dict(cls: type, d: object, unknown_error: type[Exception] = ValueError):
+    """``cls(**d)`` for a dataclass config, with clear errors for a non-dict and for unknown keys
+    (missing keys take the defaults; the config's own ``__post_init__`` checks the values)."""
+    if not isinstance(d, dict):
+        raise TypeError(f"d must be a dict from {cls.__name__}.to_dict(), got {type(d).__name__}")
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise unknown_error(f"unknown {cls.__name__} fields in d: {sorted(unknown)}")
+    return cls(**d)
 
 
 def heads_divide(d_model: int, num_heads: int) -> None:

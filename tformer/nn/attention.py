@@ -105,6 +105,17 @@ def fused_attention(
     return out.masked_fill(~row_has_key, 0.0)
 
 
+def cache_start(caches: list | None, num_layers: int, start: int | None) -> int:
+    """Position of the first new token when a decoder-only model runs with one :class:`KVCache` per
+    layer: the number of cached positions, which ``start`` (when given) must equal."""
+    if caches is not None and len(caches) != num_layers:
+        raise ValueError(f"caches must hold one KVCache per block ({num_layers}), got {len(caches)}")
+    cached = 0 if caches is None else len(caches[0])
+    if start is not None and start != cached:
+        raise ValueError(f"start={start} must equal the number of cached positions ({cached})")
+    return cached
+
+
 class KVCache:
     """Keys and values of earlier positions, kept by one attention layer during generation.
 

@@ -14,7 +14,7 @@ post-LN: ``LN(x + Sublayer(x))``.) Names follow nanoGPT where it has one: ``n_la
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from torch import nn
 
 import tformer._checks as _checks
 from tformer.masks import causal_mask
-from tformer.nn.attention import KVCache, MultiHeadAttention
+from tformer.nn.attention import KVCache, MultiHeadAttention, cache_start
 from tformer.nn.layers import FeedForward
 from tformer.nn.positional import LearnedPositionalEmbedding, PositionalEncoding
 
@@ -63,10 +63,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown GPTConfig fields {sorted(unknown)}")
-        return cls(**d)
+        return _checks.config_from_dict(cls, d, unknown_error=TypeError)
 
 
 class Block(nn.Module):
@@ -163,13 +160,7 @@ class GPT(nn.Module):
         """
         self._check_idx(idx)
         B, T = idx.shape
-        if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"caches must hold one KVCache per block ({len(self.blocks)}), got {len(caches)}")
-        cached = 0 if caches is None else len(caches[0])
-        if start is None:
-            start = cached
-        elif start != cached:
-            raise ValueError(f"start={start} must equal the number of cached positions ({cached})")
+        start = cache_start(caches, len(self.blocks), start)
         if start + T > self.config.block_size:
             raise ValueError(
                 f"positions {start}..{start + T - 1} exceed block_size={self.config.block_size}; "

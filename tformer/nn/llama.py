@@ -27,7 +27,7 @@ from torch import nn
 
 import tformer._checks as _checks
 from tformer.masks import causal_mask, padding_mask
-from tformer.nn.attention import KVCache, scaled_dot_product_attention
+from tformer.nn.attention import KVCache, cache_start, scaled_dot_product_attention
 from tformer.nn.positional import RotaryEmbedding
 
 
@@ -304,13 +304,7 @@ class Llama(nn.Module):
             logits ``(B, T, vocab_size)`` (as Hugging Face's ``model(ids).logits``), or
             ``(logits, loss)`` when ``targets`` is given (the form the training loop accepts).
         """
-        if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"caches must hold one KVCache per block ({len(self.blocks)}), got {len(caches)}")
-        cached = 0 if caches is None else len(caches[0])
-        if start is None:
-            start = cached
-        elif start != cached:
-            raise ValueError(f"start={start} must equal the number of cached positions ({cached})")
+        start = cache_start(caches, len(self.blocks), start)
         B, T = self._check_idx(idx, start).shape
         mask = None if attention_mask is None else self._padding_mask(attention_mask, B, T, start)
         x = self.tok_emb(idx)  # (B, T, d_model)

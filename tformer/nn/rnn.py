@@ -69,12 +69,7 @@ class RNNConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RNNConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take defaults."""
-        if not isinstance(d, dict):
-            raise TypeError(f"d must be a dict from RNNConfig.to_dict(), got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown RNNConfig fields in d: {sorted(unknown)}")
-        return cls(**d)
+        return _checks.config_from_dict(cls, d)
 
 
 class RecurrentState(KVCache):

@@ -113,12 +113,7 @@ class TransformerConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take defaults."""
-        if not isinstance(d, dict):
-            raise TypeError(f"d must be a dict from TransformerConfig.to_dict(), got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown TransformerConfig fields in d: {sorted(unknown)}")
-        return cls(**d)
+        return _checks.config_from_dict(cls, d)
 
 
 class Encoder(nn.Module):
