@@ -28,6 +28,7 @@ import tformer._checks as _checks
 from tformer.nn.bert import BertConfig, BertEncoder
 from tformer.nn.llama import Llama, LlamaConfig
 from tformer.nn.positional import RotaryEmbedding
+from tformer.runtime import eval_mode
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -218,16 +219,14 @@ def encode_sentences(
     _checks.positive_int("batch_size", batch_size)
     batch = batch_encode(tokenizer, sentences, model.config.pad_id)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     chunks = []
-    for start in range(0, batch["input_ids"].shape[0], batch_size):
-        part = {k: v[start : start + batch_size] for k, v in batch.items()}
-        length = int(part["attention_mask"].sum(dim=1).max())  # drop columns of pure padding
-        part = {k: v[:, :length].to(device) for k, v in part.items()}
-        hidden = model(part["input_ids"], part["attention_mask"], part["token_type_ids"])
-        chunks.append(mean_pool(hidden, part["attention_mask"]))
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, batch["input_ids"].shape[0], batch_size):
+            part = {k: v[start : start + batch_size] for k, v in batch.items()}
+            length = int(part["attention_mask"].sum(dim=1).max())  # drop columns of pure padding
+            part = {k: v[:, :length].to(device) for k, v in part.items()}
+            hidden = model(part["input_ids"], part["attention_mask"], part["token_type_ids"])
+            chunks.append(mean_pool(hidden, part["attention_mask"]))
     emb = torch.cat(chunks)  # (N, d_model)
     return F.normalize(emb, dim=-1) if normalize else emb
 
