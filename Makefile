@@ -1,5 +1,6 @@
 # tformer — one entry point for readers, CI and authors.
-#   make book       build the HTML book into _build/html (creates .venv on first use)
+#   make book       build the HTML book, English in _build/html and 中文 in _build/html/zh_CN
+#   make translations  extract the English messages and merge them into locales/zh_CN (then translate)
 #   make test       package tests + nbval over every notebook
 #   make lab        JupyterLab on the chapters
 #   make notebooks  re-execute every notebook in place (committed outputs come from committed code)
@@ -15,7 +16,7 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv book test test-package test-notebooks lab notebooks bench lint clean tatoeba-model rnn-vs-transformer
+.PHONY: venv book translations test test-package test-notebooks lab notebooks bench lint clean tatoeba-model rnn-vs-transformer
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,10 @@ venv: $(STAMP)
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	$(BIN)/python scripts/build_zh_book.py
+
+translations: $(STAMP)
+	$(BIN)/python scripts/translations.py update
 
 test: test-package test-notebooks
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -261,13 +262,36 @@ def test_default_threads_follow_the_idle_cores(monkeypatch):
 
     import torch
 
-    from tformer.__main__ import _idle_threads
+    from tformer.__main__ import _busy_cores, _idle_threads
 
     default = torch.get_num_threads()
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # quiet machine
-    assert _idle_threads() == min(default, 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # one core busy elsewhere
-    assert _idle_threads() == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 7.0, 7.0))  # overloaded: never below 1
-    assert _idle_threads() == 1
+    assert _idle_threads(busy=0.05) == min(default, 2)  # quiet machine
+    assert _idle_threads(busy=1.1) == 1  # one core busy elsewhere
+    assert _idle_threads(busy=7.0) == 1  # overloaded: never below 1
+    monkeypatch.undo()
+    busy = _busy_cores(window=0.05)
+    if Path("/proc/stat").exists():
+        assert 0.0 <= busy <= os.cpu_count() + 1e-9
+
+
+def test_busy_cores_falls_back_to_the_load_average(monkeypatch):
+    import builtins
+    import os
+
+    from tformer.__main__ import _busy_cores
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path) == "/proc/stat":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert _busy_cores(window=0.0) == 1.5
+    monkeypatch.delattr(os, "getloadavg")
+    assert _busy_cores(window=0.0) is None
+
+

@@ -1,0 +1,265 @@
+"""Sphinx extension of the tformer book: one source, two editions (English and 中文).
+
+The Chinese edition is the same notebooks and pages built with ``language = "zh_CN"``: Sphinx
+replaces every prose message by its translation from ``locales/zh_CN/LC_MESSAGES/<doc>.po``
+(gettext catalogs kept with ``sphinx-intl``; see ``book/setup.md``). This extension
+
+* checks every catalog of the language being built before anything is read. A translation that
+  breaks what must stay as it is — inline code, math, a role and its target (``{ref}`x```,
+  ``{cite}`x```), a link's address, a substitution, a label — or a catalog that does not parse,
+  stops the build with the ``.po`` file and line named, so a broken translation can never give a
+  silently English or broken page. Untranslated or fuzzy messages are warnings (errors under ``-W``,
+  as ``make book`` builds) except on the pages in :data:`ENGLISH_ONLY`;
+* puts a link to the same page in the other edition at the top of every page;
+* gives Chinese pages a font stack that has CJK glyphs (``_static/editions.css``).
+
+:func:`catalog_problems` and :func:`check_catalogs` are also used by ``scripts/translations.py``
+and ``tests/test_translations.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCALES = ROOT / "locales"
+EDITIONS = {"en": ("English", ""), "zh_CN": ("中文", "zh_CN")}  # language → (name, folder in _build/html)
+# Pages whose messages may stay English in a translated edition: the API reference is the
+# package's docstrings (its page says so in every language).
+ENGLISH_ONLY = {"book/api"}
+
+# What a translation must carry over unchanged. Roles come first: their backticks are not code.
+ROLE = re.compile(r"\{([A-Za-z][\w:+.-]*)\}(`+)(.*?)\2", re.S)
+CODE = re.compile(r"(`+)(.+?)\1", re.S)
+DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
+INLINE_MATH = re.compile(r"(?<![\\$])\$(?!\s)([^$]+?)(?<![\s\\])\$(?!\d)")
+LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+AUTOLINK = re.compile(r"<(https?://[^>\s]+)>")
+SUBSTITUTION = re.compile(r"\{\{\s*([\w.-]+)\s*\}\}")
+LABEL = re.compile(r"^\(([\w.:-]+)\)=", re.M)
+FOOTNOTE = re.compile(r"\[\^([\w-]+)\]")
+# Roles whose content is a target (a label, a key, a document, a term), not text to translate.
+# ``{ref}`text <target>``` keeps only its target: the text may be translated.
+TEXT_ROLES = {"sub", "sup", "abbr", "guilabel", "kbd", "menuselection"}
+
+
+def _role_target(role: str, content: str) -> str:
+    match = re.search(r"<([^<>]+)>\s*$", content)
+    return match.group(1) if match and role not in TEXT_ROLES else content
+
+
+def protected(text: str) -> dict[str, Counter]:
+    """The pieces of one message that a translation must keep as they are, by kind."""
+    found: dict[str, Counter] = {}
+    roles = Counter()
+    for match in ROLE.finditer(text):
+        role, content = match.group(1), match.group(3)
+        roles[f"{{{role}}}" if role in TEXT_ROLES else f"{{{role}}}`{_role_target(role, content)}`"] += 1
+    found["role"] = roles
+    rest = ROLE.sub(" ", text)
+    found["code"] = Counter(m.group(0) for m in CODE.finditer(rest))
+    rest = CODE.sub(" ", rest)
+    found["math"] = Counter(m.group(0) for m in DISPLAY_MATH.finditer(rest))
+    rest = DISPLAY_MATH.sub(" ", rest)
+    found["math"] += Counter(m.group(0) for m in INLINE_MATH.finditer(rest))
+    found["link"] = Counter(m.group(1) for m in LINK.finditer(text)) + Counter(AUTOLINK.findall(text))
+    found["substitution"] = Counter(SUBSTITUTION.findall(text))
+    found["label"] = Counter(LABEL.findall(text))
+    found["footnote"] = Counter(FOOTNOTE.findall(text))
+    return found
+
+
+def _unbalanced(text: str) -> list[str]:
+    """Markup a translation opened and never closed (counted outside code, roles and math)."""
+    rest = DISPLAY_MATH.sub(" ", CODE.sub(" ", ROLE.sub(" ", text)))
+    rest = INLINE_MATH.sub(" ", rest)
+    problems = []
+    if rest.count("`") % 2:
+        problems.append("an unpaired backtick (`)")
+    if len(re.findall(r"(?<!\\)\$", rest)) % 2:
+        problems.append("an unpaired $ (inline math)")
+    if rest.count("**") % 2:
+        problems.append("an unpaired ** (bold)")
+    return problems
+
+
+# CommonMark ends ``**bold**`` only where the closing ``**`` is "right-flanking": after punctuation
+# it must be followed by a space or more punctuation. ``**第 1 步。**接着`` therefore stays
+# literal asterisks; the full stop belongs after the ``**``. The same holds, mirrored, for openings.
+_PUNCT = r"""[，。：；！？、（）「」『』“”‘’《》【】,.:;!?()\[\]"'—–-]"""
+
+
+def _flanking(text: str) -> list[str]:
+    rest = DISPLAY_MATH.sub(" ", CODE.sub(" ", ROLE.sub(" ", text)))
+    problems = []
+    for match in re.finditer(r"\*\*(.+?)\*\*", rest):
+        inner, before, after = match.group(1), rest[: match.start()], rest[match.end():]
+        if re.search(_PUNCT + "$", inner) and after and not re.match(r"[\s*]|" + _PUNCT, after):
+            problems.append(f"**{inner}** ends in punctuation and is followed by {after[:1]!r}: CommonMark "
+                            "will not close the bold there (move the punctuation after the **)")
+        if re.match(_PUNCT, inner) and before and not re.search(r"[\s*]$|" + _PUNCT + "$", before):
+            problems.append(f"**{inner}** starts with punctuation right after {before[-1:]!r}: CommonMark "
+                            "will not open the bold there (move the punctuation before the **)")
+    return problems
+
+
+def needs_translation(msgid: str) -> bool:
+    """Whether a message has words to translate once code, math, roles and links are set aside."""
+    rest = INLINE_MATH.sub(" ", DISPLAY_MATH.sub(" ", CODE.sub(" ", ROLE.sub(" ", msgid))))
+    rest = LINK.sub(" ", AUTOLINK.sub(" ", rest))
+    return re.search(r"[A-Za-z]{2,}", rest) is not None and not re.fullmatch(r"\s*\\[\s\S]*", msgid)
+
+
+def message_problems(msgid: str, msgstr: str) -> list[str]:
+    """Why ``msgstr`` is not a faithful translation of ``msgid``'s markup (empty: nothing wrong)."""
+    if not msgstr:
+        return []
+    problems = []
+    want, got = protected(msgid), protected(msgstr)
+    for kind in want:
+        missing, extra = want[kind] - got[kind], got[kind] - want[kind]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append("drops " + ", ".join(repr(x) for x in sorted(missing)))
+            if extra:
+                parts.append("adds " + ", ".join(repr(x) for x in sorted(extra)))
+            problems.append(f"the translation {' and '.join(parts)} ({kind} must stay as in the English)")
+    new = set(_unbalanced(msgstr)) - set(_unbalanced(msgid))
+    problems += [f"the translation has {p}" for p in sorted(new)]
+    problems += [p for p in _flanking(msgstr) if p not in _flanking(msgid)]
+    return problems
+
+
+_PO_STRING = r'"(?:[^"\\]|\\.)*"'
+_PO_LINE = re.compile(rf"(?:(?:msgctxt|msgid|msgid_plural|msgstr(?:\[\d+\])?)\s+)?{_PO_STRING}\s*")
+
+
+def _syntax_errors(path: Path) -> list[str]:
+    """Lines of a ``.po`` file that are neither blank, a comment, nor a keyword with a closed,
+    correctly escaped string (babel's reader accepts some of them silently)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        return [f"{path}: not a valid .po file: not UTF-8 ({error})"]
+    errors = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if text and not text.startswith("#") and not _PO_LINE.fullmatch(text):
+            errors.append(f"{path}:{number}: not a valid .po file: {text[:60]!r} is not a keyword and a "
+                          'closed "string" (an unescaped or missing quote?)')
+    return errors
+
+
+def read_catalog(path: Path):
+    """The catalog at ``path`` (babel), or a ``ValueError`` naming the file and line that does not parse."""
+    from babel.messages.pofile import PoFileError, read_po
+
+    errors = _syntax_errors(Path(path))
+    if errors:
+        raise ValueError(errors[0])
+    with open(path, "rb") as handle:
+        try:
+            return read_po(handle, abort_invalid=True)
+        except PoFileError as error:
+            line = getattr(error, "lineno", "?")
+            raise ValueError(f"{path}:{line}: not a valid .po file: {error}") from None
+        except (UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"{path}: not a valid .po file: {error}") from None
+
+
+def catalog_docname(path: Path, language: str, locales: Path = LOCALES) -> str:
+    return path.relative_to(locales / language / "LC_MESSAGES").with_suffix("").as_posix()
+
+
+def catalog_problems(path: Path) -> tuple[list[str], list[str]]:
+    """``(errors, unfinished)`` of one catalog, each line ``path:line: what``.
+
+    Errors are broken markup and syntax; unfinished are untranslated and fuzzy messages.
+    """
+    try:
+        catalog = read_catalog(path)
+    except ValueError as error:
+        return [str(error)], []
+    errors, unfinished = [], []
+    for message in catalog:
+        if not message.id:
+            continue  # the header
+        where = f"{path}:{message.lineno}"
+        if not message.string:
+            unfinished.append(f"{where}: untranslated: {message.id[:70]!r}")
+            continue
+        if message.fuzzy:
+            unfinished.append(f"{where}: fuzzy (check the translation, then remove the flag): {message.id[:70]!r}")
+        errors += [f"{where}: {problem}" for problem in message_problems(message.id, message.string)]
+    return errors, unfinished
+
+
+def check_catalogs(language: str, locales: Path = LOCALES, english_only=ENGLISH_ONLY) -> tuple[list[str], list[str]]:
+    """``(errors, unfinished)`` over every catalog of ``language``; ``english_only`` pages' untranslated
+    messages are not counted as unfinished."""
+    errors, unfinished = [], []
+    for path in sorted((locales / language / "LC_MESSAGES").rglob("*.po")):
+        e, u = catalog_problems(path)
+        errors += e
+        if catalog_docname(path, language, locales) not in english_only:
+            unfinished += u
+    return errors, unfinished
+
+
+# ----------------------------------------------------------------------------- Sphinx
+
+
+def _check(app) -> None:
+    from sphinx.errors import ExtensionError
+    from sphinx.util import logging
+
+    language = app.config.language or "en"
+    if language == "en":
+        return
+    locales = Path(app.srcdir) / app.config.locale_dirs[0]
+    if not (locales / language / "LC_MESSAGES").is_dir():
+        raise ExtensionError(f"language={language!r} but {locales / language / 'LC_MESSAGES'} does not exist")
+    errors, unfinished = check_catalogs(language, locales)
+    if errors:
+        shown = "\n  ".join(errors[:30])
+        more = f"\n  ... and {len(errors) - 30} more" if len(errors) > 30 else ""
+        raise ExtensionError(f"{len(errors)} broken translation(s):\n  {shown}{more}")
+    logger = logging.getLogger(__name__)
+    for line in unfinished:
+        logger.warning(line, type="editions", subtype="unfinished")
+
+
+def _depth(pagename: str) -> int:
+    return pagename.count("/")
+
+
+def other_edition_url(pagename: str, language: str) -> tuple[str, str]:
+    """``(label, relative url)`` of ``pagename`` in the other edition, from a page of ``language``."""
+    up = "../" * _depth(pagename)
+    if language == "en":
+        return EDITIONS["zh_CN"][0], f"{up}{EDITIONS['zh_CN'][1]}/{pagename}.html"
+    return EDITIONS["en"][0], f"{up}../{pagename}.html"
+
+
+def _add_switch(app, pagename, templatename, context, doctree) -> None:
+    if "body" not in context or pagename in ("search", "genindex"):
+        return
+    language = app.config.language or "en"
+    label, url = other_edition_url(pagename, language)
+    lang = "zh-CN" if language == "en" else "en"
+    context["body"] = (
+        f'<p class="edition-switch"><a href="{url}" hreflang="{lang}" lang="{lang}">{label}</a></p>\n'
+        + context["body"]
+    )
+
+
+def setup(app):
+    static = Path(__file__).parent / "static"
+    app.connect("builder-inited", _check)
+    app.connect("html-page-context", _add_switch)
+    app.connect("config-inited", lambda a, config: config.html_static_path.append(str(static)))
+    app.add_css_file("editions.css")
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
