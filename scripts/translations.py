@@ -52,6 +52,7 @@ def update(_args=None) -> None:
     pot = extract()
     subprocess.run([_bin("sphinx-intl"), "update", "-p", str(pot), "-l", LANGUAGE, "-d", str(ROOT / "locales"),
                     "-w", str(WIDTH), "--no-obsolete"], check=True)
+    prefill()
     stats()
 
 

@@ -9,6 +9,7 @@ Sphinx project built here with the book's own extension.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -215,3 +216,57 @@ def test_a_catalog_with_invalid_syntax_fails_the_build_naming_file_and_line(tmp_
     result = _build(src)
     assert result.returncode != 0
     assert "index.po:" in result.stderr and "not a valid .po file" in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------------- the built editions
+
+SITE = ROOT / "_build" / "html"
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+NOT_PROSE = ["pre", "code", ".math", "math", "script", "style", ".cell_output", ".output", ".edition-switch"]
+# pages whose text is mostly English by nature: the docstrings, and the titles of cited papers
+MOSTLY_ENGLISH = {"book/api", "book/bibliography"}
+
+
+def _toc_docs() -> list[str]:
+    yaml = pytest.importorskip("yaml")
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    return [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    bs4 = pytest.importorskip("bs4", reason="beautifulsoup4 comes with jupyter-book (the [book] extra)")
+    if not (SITE / "zh_CN" / "index.html").exists():
+        pytest.skip("the book is not built: run `make book` (CI builds it before the tests)")
+    return bs4
+
+
+def _prose(bs4, path: Path) -> str:
+    page = bs4.BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+    main = page.select_one("article") or page.select_one("main") or page
+    for selector in NOT_PROSE:
+        for element in main.select(selector):
+            element.decompose()
+    return main.get_text(" ")
+
+
+def test_every_chinese_page_is_mostly_chinese_prose(built):
+    shares = {}
+    for doc in _toc_docs():
+        text = _prose(built, SITE / "zh_CN" / f"{doc}.html")
+        cjk, latin = len(CJK.findall(text)), len(re.findall(r"[A-Za-z]+", text))
+        shares[doc] = cjk / max(1, cjk + latin)
+    low = {d: round(s, 2) for d, s in shares.items() if d not in MOSTLY_ENGLISH and s < (0.85 if d.startswith("notebooks/") else 0.7)}
+    assert not low, f"pages of the Chinese edition with too little Chinese (CJK characters / (those + Latin words)): {low}"
+    english = _prose(built, SITE / "notebooks" / "05_encoder.html")
+    assert len(CJK.findall(english)) < 0.05 * len(re.findall(r"[A-Za-z]+", english))  # the English stays English
+
+
+def test_every_page_links_to_itself_in_the_other_edition(built):
+    for doc in _toc_docs():
+        for page, other in ((SITE / f"{doc}.html", SITE / "zh_CN" / f"{doc}.html"),
+                            (SITE / "zh_CN" / f"{doc}.html", SITE / f"{doc}.html")):
+            html = built.BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+            links = html.select(".edition-switch a")
+            assert len(links) == 1, f"{page}: no link to the other edition"
+            assert (page.parent / links[0]["href"]).resolve() == other.resolve(), (page, links[0]["href"])
