@@ -46,10 +46,13 @@ from pathlib import Path
 import torch
 
 from tformer import benchmarks
+from tformer.metrics import chrf
 from tformer.recipes.translation import (
+    AVERAGED,
     DATA_DEFAULTS,
     Settings,
     Translator,
+    decoding_defaults,
     evaluate_bleu,
     load_data,
     tokenizer_for,
@@ -111,6 +114,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _length_penalty(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.6, got {text!r}") from None
+    if not 0 <= value < 10:
+        raise argparse.ArgumentTypeError(f"expected a length penalty in [0, 10), got {value}")
+    return value
+
+
+def _decoding(args: argparse.Namespace) -> tuple[int, float]:
+    """--beam and --alpha, each defaulting to what the checkpoint was trained for."""
+    beam, alpha = decoding_defaults(args.checkpoint)
+    return (args.beam if args.beam is not None else beam), (args.alpha if args.alpha is not None else alpha)
+
+
 def _parser(data: str = "builtin") -> argparse.ArgumentParser:
     d = Settings.for_data(data)  # --data tatoeba has its own recipe's defaults
     tokenizer, bpe_size = tokenizer_for(data)
@@ -159,7 +178,11 @@ def _parser(data: str = "builtin") -> argparse.ArgumentParser:
                         description="Translate each sentence argument (or each line of stdin).")
     tr.add_argument("--checkpoint", default=DEFAULT_DIR,
                     help=f"directory written by 'tformer train' (default: {DEFAULT_DIR})")
-    tr.add_argument("--beam", type=_positive_int, default=1, help="beam size (1 = greedy; default 1)")
+    tr.add_argument("--beam", type=_positive_int, default=None,
+                    help="beam size (1 = greedy; default: the one the checkpoint was trained for, "
+                    "its --beam-size)")
+    tr.add_argument("--alpha", type=_length_penalty, default=None,
+                    help="beam search's length penalty (default: the checkpoint's --alpha)")
     tr.add_argument("sentences", nargs="*", help="Chinese sentences (read from stdin when none)")
 
     e = sub.add_parser("evaluate", help="print corpus BLEU of a checkpoint on a data set",
@@ -169,7 +192,11 @@ def _parser(data: str = "builtin") -> argparse.ArgumentParser:
     e.add_argument("--data", default="builtin", help="'builtin', 'tatoeba' or a TSV file (default: builtin)")
     e.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
                    help="which split (a TSV is split 90/5/5 exactly as 'train' split it; default: test)")
-    e.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1 = greedy)")
+    e.add_argument("--beam", type=_positive_int, default=None,
+                   help="beam size (1 = greedy; default: the one the checkpoint was trained for, its "
+                   "--beam-size)")
+    e.add_argument("--alpha", type=_length_penalty, default=None,
+                   help="beam search's length penalty (default: the checkpoint's --alpha)")
     e.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N pairs")
     e.add_argument("--skip-bad-lines", action="store_true",
                    help="skip malformed TSV lines (and say how many) instead of stopping at the first")
@@ -177,7 +204,7 @@ def _parser(data: str = "builtin") -> argparse.ArgumentParser:
     for sp in (t, tr, e):
         sp.add_argument("--threads", type=_positive_int, default=None,
                         help="CPU threads for torch (default: torch's choice, lowered to the cores "
-                        "that other work leaves idle, judged by the 1-minute load average); on a "
+                        "that other work leaves idle, measured over a quarter of a second); on a "
                         "shared machine oversubscribed cores are several times slower than 1 thread")
     sub.add_parser("bench", help="run the benchmarks (tformer.benchmarks); --help for its options",
                    add_help=False)
@@ -311,7 +338,8 @@ def _translate(args: argparse.Namespace) -> int:
     if tokens and unknown > len(tokens) / 2:
         print(f"tformer translate: warning: {unknown} of the {len(tokens)} input characters are unknown "
               "to the model's vocabulary; its translations will be guesses", file=sys.stderr)
-    hyps = iter(translator.translate(todo, beam_size=args.beam))
+    beam, alpha = _decoding(args)
+    hyps = iter(translator.translate(todo, beam_size=beam, alpha=alpha))
     for s in sentences:
         print(next(hyps) if s.strip() else "")
     return 0
@@ -323,8 +351,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     splits = load_data(args.data, seed=seed, errors="skip" if args.skip_bad_lines else "raise")
     pairs = [p for v in splits.values() for p in v] if args.split == "all" else splits[args.split]
     pairs = pairs[: args.limit] if args.limit else pairs
-    score, _ = evaluate_bleu(translator, pairs, beam_size=args.beam)
-    print(f"BLEU = {score:.2f} ({args.split} split of {args.data}, {len(pairs)} sentences, beam {args.beam})")
+    beam, alpha = _decoding(args)
+    score, hyps = evaluate_bleu(translator, pairs, beam_size=beam, alpha=alpha)
+    how = "greedy" if beam == 1 else f"beam {beam}, alpha {alpha:g}"
+    weights = "averaged weights" if (Path(args.checkpoint) / AVERAGED).is_file() else "last weights"
+    print(f"chrF = {chrf(hyps, [p.tgt for p in pairs]):.2f}")
+    print(f"BLEU = {score:.2f} ({args.split} split of {args.data}, {len(pairs)} sentences, {how}, {weights})")
     return 0
 
 

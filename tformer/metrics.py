@@ -1,4 +1,6 @@
-"""BLEU through sacrebleu (Papineni et al., 2002; Post, 2018), the score of Table 2 of the paper.
+"""BLEU and chrF through sacrebleu (Papineni et al., 2002; Popović, 2015; Post, 2018).
+
+BLEU is the score of Table 2 of the paper.
 
 BLEU is computed over a whole test set (corpus level): clipped n-gram precisions for n = 1..4 are
 pooled over all sentences, combined by a geometric mean and multiplied by a brevity penalty.
@@ -40,3 +42,11 @@ def sentence_bleu(hypothesis: str, reference: str) -> float:
     """BLEU of one sentence (smoothed, as sacrebleu does); for error analysis, not for reporting."""
     _check([hypothesis], [reference])
     return float(sacrebleu.sentence_bleu(hypothesis, [reference]).score)
+
+
+def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus-level chrF in [0, 100] (Popović, 2015): the F-score (β = 2) of character n-grams up to
+    6, through sacrebleu. It gives partial credit to a word with the right stem, so it moves more
+    smoothly than BLEU on short sentences; report it beside BLEU."""
+    _check(hypotheses, references)
+    return float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score)

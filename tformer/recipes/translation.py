@@ -18,6 +18,7 @@ import hashlib
 import os
 import random
 import warnings
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -34,9 +35,11 @@ from tformer.inference.attention_maps import cross_attention
 from tformer.inference.generation import beam_search, greedy_decode
 from tformer.metrics import bleu
 from tformer.nn.transformer import Transformer, TransformerConfig
-from tformer.runtime import pick_device, training_amp_dtype
+from tformer.runtime import pick_device, training_amp_dtype, unwrap
 from tformer.training.checkpoint import (
+    ModelFile,
     load_checkpoint,
+    load_model_file,
     lock_directory,
     read_config,
     read_json,
@@ -174,6 +177,9 @@ class Settings:
     max_minutes: float | None = 3.0  # stop training after this long (None: only epochs)
     seed: int = 0
     min_freq: int = 1  # rarer tokens become <unk>
+    average: int = 1  # translate with the mean of the weights at the last `average` saves (1: the last weights)
+    beam_size: int = 1  # how `evaluate` and `translate` decode this model unless told (1: greedy)
+    alpha: float = 0.6  # beam search's length penalty, ((5 + length) / 6) ** alpha (Wu et al., 2016)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, dict):
@@ -183,12 +189,13 @@ class Settings:
         if bad:
             raise ValueError(f"model must not set {sorted(bad)}: the vocabularies decide them")
         self.model_config(len(SPECIALS) + 1, len(SPECIALS) + 1)  # checks the sizes, once
-        for name in ("batch_tokens", "warmup", "epochs", "min_freq"):
+        for name in ("batch_tokens", "warmup", "epochs", "min_freq", "average", "beam_size"):
             _checks.positive_int(name, getattr(self, name))
         _checks.integer("seed", self.seed)
         _checks.positive_float("lr_factor", self.lr_factor)
         _checks.probability("smoothing", self.smoothing)
         _checks.positive_float("clip_norm", self.clip_norm)
+        _checks.real_between("alpha", self.alpha, -1e-12, 10.0, "a length penalty in [0, 10), e.g. 0.6")
         if self.max_minutes is not None:
             _checks.positive_float("max_minutes", self.max_minutes, "3 (leave it out for no time limit)")
 
@@ -275,13 +282,18 @@ class Translator:
         self.model.to(self.device)
 
     @classmethod
-    def from_checkpoint(cls, directory: str | os.PathLike, device: torch.device | str | None = None) -> Translator:
+    def from_checkpoint(cls, directory: str | os.PathLike, device: torch.device | str | None = None, *,
+                        averaged: bool = True) -> Translator:
         """Load a checkpoint directory written by ``python -m tformer train`` (or :func:`train_translation`).
 
         A BPE checkpoint (``--tokenizer bpe``) also loads the tokenizer file its ``config.json``
-        names; a missing file is a ``FileNotFoundError`` naming it.
+        names; a missing file is a ``FileNotFoundError`` naming it. A run trained with
+        ``average > 1`` translates with its averaged weights (``averaged.safetensors``) unless
+        ``averaged=False`` asks for the last ones.
         """
         model, tokenizers, _ = _load(directory)
+        if averaged and (Path(directory) / AVERAGED).is_file():
+            load_model_file(directory, AVERAGED, model)
         return cls(model.eval(), tokenizers, device or pick_device())
 
     def encode(self, sentences: Sequence[str]) -> torch.Tensor:
@@ -391,12 +403,88 @@ def _fingerprint(pairs: Sequence[Pair]) -> str:
     return h.hexdigest()
 
 
-def evaluate_bleu(translator: Translator, pairs: list[Pair], *, beam_size: int = 1) -> tuple[float, list[str]]:
+def evaluate_bleu(translator: Translator, pairs: list[Pair], *, beam_size: int = 1,
+                  alpha: float = 0.6) -> tuple[float, list[str]]:
     """Corpus BLEU of the translations of ``pairs`` against their references, and the translations."""
     if not pairs:
         raise ValueError("no sentence pairs to evaluate")
-    hyps = translator.translate([p.src for p in pairs], beam_size=beam_size)
+    hyps = translator.translate([p.src for p in pairs], beam_size=beam_size, alpha=alpha)
     return bleu(hyps, [p.tgt for p in pairs]), hyps
+
+
+def decoding_defaults(directory: str | os.PathLike) -> tuple[int, float]:
+    """``(beam_size, alpha)`` the run in ``directory`` was trained to be decoded with (its
+    :class:`Settings`; greedy for a checkpoint that predates them)."""
+    train = read_config(directory).get("train") or {}
+    return int(train.get("beam_size", 1)), float(train.get("alpha", 0.6))
+
+
+AVERAGED = "averaged.safetensors"
+
+
+class RecentWeights:
+    """Checkpoint averaging (§6.1 of the paper averages the last 5 checkpoints of the base model).
+
+    :meth:`record` is called at every save: it keeps, on the CPU, the weights at the last ``k``
+    epoch ends, and the averaged weights are the mean of the last ``k`` states a save saw — at a
+    stop in mid-epoch, the current weights and the ``k - 1`` epoch ends before them. Both are saved
+    with the checkpoint (``recent-<i>.safetensors``, oldest first, and ``averaged.safetensors``), so a
+    resumed run averages exactly what an uninterrupted one would."""
+
+    def __init__(self, k: int):
+        self.k = _checks.positive_int("average", k)
+        self.snapshots: deque[dict[str, torch.Tensor]] = deque(maxlen=self.k)
+        self.averaged: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
+        # each tensor cloned on its own: tied weights must not share storage in a safetensors file
+        return {n: t.detach().to("cpu", copy=True) for n, t in unwrap(model).state_dict().items()}
+
+    def record(self, model: nn.Module, epoch_end: bool) -> dict[str, torch.Tensor]:
+        """Note the weights of a save (kept when it is an epoch end); returns the new mean."""
+        current = self._copy(model)
+        if epoch_end:
+            self.snapshots.append(current)
+            states = list(self.snapshots)
+        else:
+            states = [*list(self.snapshots)[len(self.snapshots) - (self.k - 1):], current] if self.k > 1 else [current]
+        self.averaged = {n: (sum(s[n].double() for s in states) / len(states)).to(t.dtype)
+                         if t.is_floating_point() else t for n, t in current.items()}
+        return self.averaged
+
+    def files(self, model: nn.Module) -> dict[str, object]:
+        """What the checkpoint stores for averaging: the mean (as a model file) and the epoch ends."""
+        import copy
+
+        if self.averaged is None:
+            raise ValueError("record() the weights before saving them")
+        twin = copy.deepcopy(unwrap(model)).cpu()
+        twin.load_state_dict(self.averaged)
+        out: dict[str, object] = {AVERAGED: ModelFile(twin)}
+        for i, snapshot in enumerate(self.snapshots):
+            out[f"recent-{i}.safetensors"] = _TensorFile(snapshot)
+        return out
+
+    def load(self, directory: str | os.PathLike) -> None:
+        """Read back the epoch ends a checkpoint recorded (none for a run without averaging)."""
+        from safetensors.torch import load_file
+
+        self.snapshots.clear()
+        i = 0
+        while (Path(directory) / f"recent-{i}.safetensors").is_file():
+            self.snapshots.append(load_file(str(Path(directory) / f"recent-{i}.safetensors")))
+            i += 1
+
+
+class _TensorFile:
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def save(self, path: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self.tensors, path)
 
 
 def train_translation(
@@ -432,6 +520,9 @@ def train_translation(
     s = settings or Settings()
     if not isinstance(s, Settings):
         raise TypeError(f"settings must be a Settings, got {type(s).__name__}")
+    if log is None:
+        def log(_message: str) -> None:  # silence, as fit(log=None) is
+            pass
     if tokenizer not in KINDS:
         raise ValueError(f"tokenizer={tokenizer!r} must be one of {sorted(KINDS)}")
     device = torch.device(device) if device is not None else pick_device()
@@ -469,10 +560,17 @@ def train_translation(
         state = load_checkpoint(out_dir, model, optimizer, scheduler, device=device).state
         log(f"resuming from {out_dir} at step {state.step} (epoch {state.epoch + 1})")
     config = {"tokenizer": tok.kind, "data": data_source, "data_sha256": fingerprint, "train": s.to_dict()}
+    recent = RecentWeights(s.average)
+    if resuming:
+        recent.load(out_dir)
 
     def save(st: TrainState) -> None:
+        files = tok.files()
+        if s.average > 1:
+            recent.record(model, epoch_end=st.batch_in_epoch == 0)  # a stop in mid-epoch only joins the mean
+            files.update(recent.files(model))
         if out_dir is not None:
-            save_checkpoint(out_dir, model, optimizer, scheduler, st, config=config, files=tok.files())
+            save_checkpoint(out_dir, model, optimizer, scheduler, st, config=config, files=files)
 
     def batches(pairs, **kw):
         return tok.batches(pairs, max_tokens=s.batch_tokens, max_len=model.config.max_len - 1, **kw)
@@ -489,4 +587,6 @@ def train_translation(
             amp_dtype=training_amp_dtype(device), max_minutes=s.max_minutes, max_steps=max_steps,
             on_checkpoint=save, progress=progress, log=log,
         )  # fmt: skip
+    if recent.averaged is not None:
+        model.load_state_dict(recent.averaged)  # training is over: translate with the mean
     return Translator(model.eval(), tok, device), state

@@ -528,6 +528,40 @@ def _config_diff(want: dict, got: dict) -> list[str]:
     return [f"{k}: checkpoint {want.get(k)!r}, model {got.get(k)!r}" for k in keys if want.get(k) != got.get(k)]
 
 
+class ModelFile:
+    """Another set of weights for the same model, stored beside ``model.safetensors``:
+    ``save_checkpoint(..., files={"averaged.safetensors": ModelFile(other_model)})`` writes it (in the
+    same atomic commit, with its sha256 in the manifest) and :func:`load_model_file` reads it back."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def save(self, path: str) -> None:
+        save_model(unwrap(self.model), path)
+
+
+def load_model_file(directory: str | os.PathLike, name: str, model: nn.Module,
+                    device: torch.device | str = "cpu") -> nn.Module:
+    """Load the weights file ``name`` of a checkpoint (written with :class:`ModelFile`) into ``model``.
+
+    The file is checked against the checkpoint's manifest first; a missing, damaged or non-finite
+    file, or one that does not fit ``model``, is an error naming it.
+    """
+    directory = recover(directory, wait=0)
+    path = directory / name
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} is missing")
+    _verify(directory, [name])
+    try:
+        load_model(unwrap(model), str(path), strict=True, device=str(device))
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit the model: {str(error)[:500]}") from None
+    for key, tensor in unwrap(model).state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path} holds NaN or Inf values in {key}")
+    return model.to(device)
+
+
 def load_checkpoint(
     directory: str | os.PathLike,
     model: nn.Module,
