@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,14 +37,15 @@ import torch
 from safetensors.torch import load_file
 
 import tformer.training.loop as loop
+from tformer.nn.transformer import TransformerConfig
 from tformer.recipes.translation import (
-    SMALL_MODEL,
     Settings,
     Translator,
     load_data,
     train_translation,
 )
 
+MODEL_FIELDS = {f.name for f in fields(TransformerConfig)}
 ROOT = Path(__file__).resolve().parents[1]
 LOG = ROOT / "book" / "_static" / "tatoeba_recipes.json"
 WEIGHTS = "model.safetensors"
@@ -62,7 +64,7 @@ def _settings(pairs: list[str], minutes: float, epochs: int) -> Settings:
     model, train = {}, {}
     for item in pairs:
         key, _, text = item.partition("=")
-        (model if key in SMALL_MODEL else train)[key] = _value(text)
+        (model if key in MODEL_FIELDS else train)[key] = _value(text)
     return Settings(model=model, max_minutes=minutes, epochs=epochs, **train)
 
 

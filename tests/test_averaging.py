@@ -8,7 +8,13 @@ from safetensors.torch import load_file
 
 from tformer.__main__ import main
 from tformer.data.corpus import builtin_splits
-from tformer.recipes.translation import AVERAGED, RecentWeights, Settings, Translator, train_translation
+from tformer.recipes.translation import (
+    AVERAGED,
+    RecentWeights,
+    Settings,
+    Translator,
+    train_translation,
+)
 from tformer.training.checkpoint import load_model_file
 
 TINY = dict(d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32,

@@ -292,3 +292,22 @@ def test_architecture_diagram_is_drawn_from_the_model():
         draw_architecture(torch.nn.Linear(2, 2))
 
 
+
+
+def test_attention_and_activation_dropout_default_to_dropout_and_can_be_set_apart():
+    from tformer.nn.transformer import Transformer, TransformerConfig
+
+    same = Transformer(TransformerConfig(11, 13, d_model=16, num_heads=2, num_encoder_layers=1,
+                                         num_decoder_layers=1, dim_feedforward=32, dropout=0.2))
+    layer = same.decoder.layers[0]
+    assert (layer.self_attn.dropout, layer.cross_attn.dropout, layer.ffn.dropout.p, layer.dropout1.p) == (
+        0.2, 0.2, 0.2, 0.2)
+    paper = Transformer(TransformerConfig(11, 13, d_model=16, num_heads=2, num_encoder_layers=1,
+                                          num_decoder_layers=1, dim_feedforward=32, dropout=0.2,
+                                          attention_dropout=0.0, activation_dropout=0.0))
+    enc, dec = paper.encoder.layers[0], paper.decoder.layers[0]
+    assert (enc.self_attn.dropout, enc.ffn.dropout.p, enc.dropout1.p, enc.dropout2.p) == (0.0, 0.0, 0.2, 0.2)
+    assert (dec.self_attn.dropout, dec.cross_attn.dropout, dec.ffn.dropout.p, dec.dropout3.p) == (0.0, 0.0, 0.0, 0.2)
+    assert TransformerConfig.from_dict(paper.config.to_dict()) == paper.config
+    with pytest.raises(ValueError, match="attention_dropout=1.5"):
+        TransformerConfig(11, 13, attention_dropout=1.5)

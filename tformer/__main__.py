@@ -70,8 +70,16 @@ from tformer.training.loop import TrainingInterrupted
 # model-size flags: --flag -> TransformerConfig field(s); --num-layers sets both stacks
 MODEL_FLAGS = {"d_model": ("d_model",), "num_heads": ("num_heads",),
                "num_layers": ("num_encoder_layers", "num_decoder_layers"),
-               "dim_feedforward": ("dim_feedforward",), "dropout": ("dropout",), "max_len": ("max_len",)}
+               "dim_feedforward": ("dim_feedforward",), "dropout": ("dropout",),
+               "attention_dropout": ("attention_dropout",), "activation_dropout": ("activation_dropout",),
+               "max_len": ("max_len",)}
 
+SETTING_HELP = {
+    "average": "translate with the mean of the weights at the last N epoch ends (checkpoint averaging; "
+               "1: the last weights); ",
+    "beam_size": "beam size that evaluate and translate use for this checkpoint unless told (1: greedy); ",
+    "alpha": "length penalty of that beam search; ",
+}
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -111,6 +119,18 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _optional_probability(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1) or 'none', got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1) or 'none', got {value}")
     return value
 
 
@@ -164,14 +184,21 @@ def _parser(data: str = "builtin") -> argparse.ArgumentParser:
                    help="skip malformed TSV lines (and say how many, per reason) instead of stopping "
                    "at the first")
     for name, keys in MODEL_FLAGS.items():
-        default = d.model[keys[0]]
+        default = d.model.get(keys[0])
+        if name in ("attention_dropout", "activation_dropout"):
+            where = "the attention weights" if name == "attention_dropout" else "the FFN's inner activations"
+            t.add_argument("--" + name.replace("_", "-"), type=_optional_probability, default=default,
+                           help=f"dropout on {where} ('none': the same as --dropout; default: "
+                           f"{'none' if default is None else default})")
+            continue
         t.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                        help=f"default: {default}")
     for f in fields(Settings):
         if f.name in ("max_minutes", "epochs", "model"):
             continue
+        what = SETTING_HELP.get(f.name, "")
         t.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)),
-                       default=getattr(d, f.name), help=f"default: {getattr(d, f.name)}")
+                       default=getattr(d, f.name), help=f"{what}default: {getattr(d, f.name)}")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     tr = sub.add_parser("translate", help="translate Chinese sentences with a trained checkpoint",

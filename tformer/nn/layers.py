@@ -93,8 +93,13 @@ class EncoderLayer(nn.Module):
         d_model: model width (512 in the base model).
         num_heads: attention heads h (8).
         dim_feedforward: inner width of the FFN, d_ff (2048).
-        dropout: P_drop, applied to each sub-layer's output before the residual sum (§5.4), to the
-            attention weights and to the FFN's inner activations.
+        dropout: P_drop, applied to each sub-layer's output before the residual sum (§5.4), and,
+            unless the next two say otherwise, to the attention weights and to the FFN's inner
+            activations (as ``torch.nn.TransformerEncoderLayer`` does).
+        attention_dropout: dropout on the attention weights (None: ``dropout``; the paper's
+            §5.4 has none there, i.e. 0.0).
+        activation_dropout: dropout on the FFN's inner activations (None: ``dropout``; the
+            paper: 0.0).
         activation: ``"relu"`` (paper) or ``"gelu"``.
         norm_first: False = post-LN (paper), True = pre-LN.
         layer_norm_eps: the LayerNorms' epsilon.
@@ -111,12 +116,16 @@ class EncoderLayer(nn.Module):
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
+        attention_dropout: float | None = None,
+        activation_dropout: float | None = None,
     ) -> None:
         super().__init__()
         _check_layer_args(d_model, num_heads, dim_feedforward, layer_norm_eps)
         self.d_model, self.norm_first = d_model, bool(norm_first)
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
-        self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation, bias)
+        attn_p = dropout if attention_dropout is None else attention_dropout
+        act_p = dropout if activation_dropout is None else activation_dropout
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attn_p, bias=bias)
+        self.ffn = FeedForward(d_model, dim_feedforward, act_p, activation, bias)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.dropout1 = nn.Dropout(dropout)
@@ -163,13 +172,17 @@ class DecoderLayer(nn.Module):
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
+        attention_dropout: float | None = None,
+        activation_dropout: float | None = None,
     ) -> None:
         super().__init__()
         _check_layer_args(d_model, num_heads, dim_feedforward, layer_norm_eps)
         self.d_model, self.norm_first = d_model, bool(norm_first)
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
-        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
-        self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation, bias)
+        attn_p = dropout if attention_dropout is None else attention_dropout
+        act_p = dropout if activation_dropout is None else activation_dropout
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attn_p, bias=bias)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=attn_p, bias=bias)
+        self.ffn = FeedForward(d_model, dim_feedforward, act_p, activation, bias)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)

@@ -44,6 +44,8 @@ class TransformerConfig:
     num_decoder_layers: int = 6
     dim_feedforward: int = 2048
     dropout: float = 0.1
+    attention_dropout: float | None = None  # None: `dropout` (the paper: 0.0)
+    activation_dropout: float | None = None  # inside the FFN; None: `dropout` (the paper: 0.0)
     max_len: int = 512
     norm_first: bool = False
     activation: str = "relu"
@@ -58,6 +60,9 @@ class TransformerConfig:
             _checks.positive_int(name, getattr(self, name))
         _checks.heads_divide(self.d_model, self.num_heads)
         _checks.probability("dropout", self.dropout)
+        for name in ("attention_dropout", "activation_dropout"):
+            if getattr(self, name) is not None:
+                _checks.probability(name, getattr(self, name))
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r} must be one of {ACTIVATIONS}")
         _checks.positive_float("layer_norm_eps", self.layer_norm_eps, "1e-5")
@@ -128,7 +133,8 @@ class Encoder(nn.Module):
         c = config
         self.layers = nn.ModuleList(
             EncoderLayer(c.d_model, c.num_heads, c.dim_feedforward, c.dropout, c.activation,
-                         c.norm_first, c.layer_norm_eps)
+                         c.norm_first, c.layer_norm_eps, attention_dropout=c.attention_dropout,
+                         activation_dropout=c.activation_dropout)
             for _ in range(c.num_encoder_layers)
         )
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else None
@@ -151,7 +157,8 @@ class Decoder(nn.Module):
         c = config
         self.layers = nn.ModuleList(
             DecoderLayer(c.d_model, c.num_heads, c.dim_feedforward, c.dropout, c.activation,
-                         c.norm_first, c.layer_norm_eps)
+                         c.norm_first, c.layer_norm_eps, attention_dropout=c.attention_dropout,
+                         activation_dropout=c.activation_dropout)
             for _ in range(c.num_decoder_layers)
         )
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else None

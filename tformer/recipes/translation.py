@@ -381,7 +381,8 @@ def _checked_model_config(d: dict) -> TransformerConfig:
     """A :class:`TransformerConfig` from a checkpoint's ``"model"`` entry: every field present (a
     missing ``d_model`` must not silently become the default 512), types and ranges checked by the
     class, and the parameter count bounded, all before any tensor is allocated."""
-    missing = sorted({f.name for f in fields(TransformerConfig)} - set(d))
+    optional = {"attention_dropout", "activation_dropout"}  # added later; absent means `dropout`
+    missing = sorted({f.name for f in fields(TransformerConfig)} - set(d) - optional)
     if missing:
         raise ValueError(f"fields {missing} are missing")
     config = TransformerConfig.from_dict(d)
