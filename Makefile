@@ -67,10 +67,12 @@ _build/rnn_vs_transformer/results.json: | $(STAMP)
 # Chapters 8 and 9 load this checkpoint; without it they train a short, clearly labelled run
 # instead. Skipped when the checkpoint exists (delete the folder to retrain).
 TATOEBA_MODEL := runs/tatoeba-model
+# TATOEBA_MINUTES=4 trains a shorter run of the same recipe (CI: the chapters' real code path in minutes)
+TATOEBA_MINUTES ?=
 tatoeba-model: $(TATOEBA_MODEL)/epochs/minutes.json
 
 $(TATOEBA_MODEL)/epochs/minutes.json: | $(STAMP)
-	$(BIN)/python scripts/train_tatoeba_model.py $(TATOEBA_MODEL)
+	$(BIN)/python scripts/train_tatoeba_model.py $(TATOEBA_MODEL) $(if $(TATOEBA_MINUTES),--max-minutes $(TATOEBA_MINUTES))
 
 lint: $(STAMP)
 	$(BIN)/ruff check tformer tests scripts

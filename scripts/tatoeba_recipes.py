@@ -10,6 +10,11 @@ from that file, so every number in the book has this script as its source.
     python scripts/tatoeba_recipes.py run NAME --minutes 4 --threads 1 \
         --tokenizer bpe --bpe-vocab-size 4000 --set d_model=256 --set dropout=0.2
     python scripts/tatoeba_recipes.py table          # the log as a Markdown table
+    python scripts/tatoeba_recipes.py alpha NAME CHECKPOINT   # beam 4's length penalty on validation
+
+``alpha`` decodes the validation split of a trained checkpoint greedily and with beam 4 at several
+length penalties and appends the scores to ``book/_static/tatoeba_alpha.json`` (chapter 9 explains
+the recipe's choice from it).
 
 The machine this was tuned on was shared with other work, so wall-clock minutes meant little:
 ``--minutes`` counts the CPU time of this process instead (the training loop's clock is replaced
@@ -44,6 +49,7 @@ from tformer.recipes.translation import (
     load_data,
     train_translation,
 )
+from tformer.training.checkpoint import read_json
 
 MODEL_FIELDS = {f.name for f in fields(TransformerConfig)}
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,6 +170,32 @@ def table(_args: argparse.Namespace) -> None:
               f"{r['epochs_done']} | {r['greedy']['bleu']} | {r['greedy']['chrf']} | {beam} | {avg} |")
 
 
+ALPHA_LOG = ROOT / "book" / "_static" / "tatoeba_alpha.json"
+
+
+def alpha(args: argparse.Namespace) -> None:
+    """Beam search's length penalty, chosen on the validation split of a trained checkpoint."""
+    torch.set_num_threads(args.threads)
+    translator = Translator.from_checkpoint(args.checkpoint, device="cpu")
+    valid = load_data("tatoeba")["valid"]
+    rows = []
+    for beam, a in [(1, 0.0)] + [(4, a) for a in args.alphas]:
+        hyps = translator.translate([p.src for p in valid], beam_size=beam, alpha=a)
+        refs = [[p.tgt for p in valid]]
+        rows.append({"beam": beam, "alpha": a, "bleu": round(sacrebleu.corpus_bleu(hyps, refs).score, 2),
+                     "chrf": round(sacrebleu.corpus_chrf(hyps, refs).score, 2),
+                     "words": round(sum(len(h.split()) for h in hyps) / len(hyps), 2)})
+        print(rows[-1], flush=True)
+    record = {"name": args.name, "checkpoint_step": read_json(Path(args.checkpoint) / "state.json")["step"],
+              "valid_pairs": len(valid),
+              "reference_words": round(sum(len(p.tgt.split()) for p in valid) / len(valid), 2), "rows": rows}
+    records = json.loads(ALPHA_LOG.read_text(encoding="utf-8")) if ALPHA_LOG.exists() else []
+    records = [r for r in records if r["name"] != args.name] + [record]
+    tmp = ALPHA_LOG.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, ALPHA_LOG)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,8 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--keep", default=None, help="copy the checkpoint directory here")
     r.add_argument("--valid-limit", type=int, default=None, help="score only the first N validation pairs")
     sub.add_parser("table", help="print the log as a Markdown table")
+    a = sub.add_parser("alpha", help="score beam 4 with several length penalties on the validation split")
+    a.add_argument("name")
+    a.add_argument("checkpoint")
+    a.add_argument("--alphas", type=float, nargs="+", default=[0.6, 1.0, 1.5, 2.0])
+    a.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    {"run": run, "table": table}[args.command](args)
+    {"run": run, "table": table, "alpha": alpha}[args.command](args)
     return 0
 
 

@@ -65,6 +65,11 @@ def test_the_catalogs_are_not_stale_against_the_english_sources(english_messages
     for doc, english in sorted(english_messages.items()):
         catalog = _ids(CATALOGS / f"{doc}.po")
         new, gone = english - catalog, catalog - english
+        if doc in editions.ENGLISH_ONLY:
+            # the API page is the package's docstrings, which stay English: a docstring edit needs
+            # no catalog update, but a translation of a message that is gone is stale
+            translated = {m.id for m in editions.read_catalog(CATALOGS / f"{doc}.po") if m.id and m.string}
+            new, gone = set(), translated - english
         problems += [f"{doc}: English message without a translation: {m[:80]!r}" for m in sorted(new)]
         problems += [f"{doc}: translated message no longer in the English: {m[:80]!r}" for m in sorted(gone)]
     assert not problems, (
