@@ -117,8 +117,9 @@ def prefill(_args=None) -> None:
     for path in sorted(CATALOGS.rglob("*.po")):
         catalog, filled = editions.read_catalog(path), 0
         for message in catalog:
-            if message.id and not message.string and not editions.needs_translation(message.id):
+            if message.id and (not message.string or message.fuzzy) and not editions.needs_translation(message.id):
                 message.string, filled = message.id, filled + 1
+                message.flags.discard("fuzzy")
         if filled:
             _write(path, catalog)
             print(f"{path.relative_to(CATALOGS)}: {filled} message(s) with nothing to translate")

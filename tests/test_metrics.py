@@ -25,3 +25,16 @@ def test_bleu_rejects_mismatched_or_empty_inputs():
         bleu([], [])
     with pytest.raises(TypeError, match="list of strings"):
         bleu("a b c", "a b c")
+
+
+def test_chrf_matches_sacrebleu_and_checks_its_input():
+    import sacrebleu
+
+    from tformer.metrics import chrf
+
+    hyps, refs = ["He apologized.", "the cat sat"], ["He apologised.", "the cat sat on the mat"]
+    assert chrf(refs, refs) == 100.0
+    assert chrf(hyps, refs) == sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert 0 < chrf(hyps, refs) < 100
+    with pytest.raises(ValueError, match="same length"):
+        chrf(hyps, refs[:1])

@@ -121,7 +121,7 @@ def test_an_evaluation_file_of_unseen_characters_works_through_unknown_tokens(tm
     assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(path), "--split", "all",
                  "--threads", "1"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.match(r"BLEU = \d+\.\d\d \(all split of .*unseen.tsv, 40 sentences, beam 1\)", last), last
+    assert re.match(r"BLEU = \d+\.\d\d \(all split of .*unseen.tsv, 40 sentences, greedy, last weights\)", last), last
 
 
 def test_an_empty_evaluation_file_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
