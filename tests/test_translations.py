@@ -275,3 +275,10 @@ def test_every_page_links_to_itself_in_the_other_edition(built):
             links = html.select(".edition-switch a")
             assert len(links) == 1, f"{page}: no link to the other edition"
             assert (page.parent / links[0]["href"]).resolve() == other.resolve(), (page, links[0]["href"])
+
+
+def test_the_chinese_sidebar_has_chinese_part_captions(built):
+    page = built.BeautifulSoup((SITE / "zh_CN" / "notebooks" / "05_encoder.html").read_text(encoding="utf-8"),
+                               "html.parser")
+    captions = [c.get_text() for c in page.select(".caption-text")]
+    assert len(captions) >= 4 and all(CJK.search(c) for c in captions), captions

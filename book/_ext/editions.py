@@ -10,6 +10,8 @@ replaces every prose message by its translation from ``locales/zh_CN/LC_MESSAGES
   stops the build with the ``.po`` file and line named, so a broken translation can never give a
   silently English or broken page. Untranslated or fuzzy messages are warnings (errors under ``-W``,
   as ``make book`` builds) except on the pages in :data:`ENGLISH_ONLY`;
+* translates the captions of the table of contents, which sphinx-external-toc adds after Sphinx's
+  own translation step;
 * puts a link to the same page in the other edition at the top of every page;
 * gives Chinese pages a font stack that has CJK glyphs (``_static/editions.css``).
 
@@ -232,6 +234,31 @@ def _check(app) -> None:
         logger.warning(line, type="editions", subtype="unfinished")
 
 
+def _translate_toc_captions(app, doctree) -> None:
+    """Translate the captions of the table of contents ("Part I — Why", ...).
+
+    sphinx-external-toc inserts the root page's toctrees after Sphinx's own translation step, so
+    their captions would stay English in every page's sidebar; they are messages of the root
+    page's catalog (``gettext`` extracts them there), and are looked up in it here.
+    """
+    from os import path
+
+    from sphinx import addnodes
+    from sphinx.locale import init as init_locale
+    from sphinx.util.i18n import docname_to_domain
+
+    language = app.config.language or "en"
+    toctrees = [n for n in doctree.findall(addnodes.toctree) if n.get("caption")]
+    if language == "en" or not toctrees:
+        return
+    dirs = [path.join(app.srcdir, d) for d in app.config.locale_dirs]
+    domain = docname_to_domain(app.env.docname, app.config.gettext_compact)
+    catalog, found = init_locale(dirs, language, domain, namespace="editions-toc")
+    if found:
+        for node in toctrees:
+            node["caption"] = catalog.gettext(node["caption"])
+
+
 def _depth(pagename: str) -> int:
     return pagename.count("/")
 
@@ -260,6 +287,7 @@ def setup(app):
     static = Path(__file__).parent / "static"
     app.connect("builder-inited", _check)
     app.connect("html-page-context", _add_switch)
+    app.connect("doctree-read", _translate_toc_captions)
     app.connect("config-inited", lambda a, config: config.html_static_path.append(str(static)))
     app.add_css_file("editions.css")
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
