@@ -154,7 +154,7 @@ def test_repository_url_comes_from_github_repository_and_is_absent_locally():
 
 def test_config_loads_the_course_zip_extension():
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-    assert config["sphinx"]["local_extensions"] == {"course_zip": "book/_ext"}
+    assert config["sphinx"]["local_extensions"]["course_zip"] == "book/_ext"
 
 
 def test_built_site_offers_the_course_zip_on_the_setup_page_and_every_chapter():
