@@ -121,6 +121,7 @@ def test_messages_with_nothing_to_translate_are_recognised():
     assert not editions.needs_translation("`torch.nn.Transformer`")
     assert not editions.needs_translation("$d_k = 64$")
     assert not editions.needs_translation("1.02×")
+    assert not editions.needs_translation("2026-12-01 23:59 UTC")  # a timestamp of a generated table
     assert editions.needs_translation("Self-attention")
     assert editions.needs_translation("see `x` and $y$ here")
 

@@ -111,6 +111,7 @@ def needs_translation(msgid: str) -> bool:
     """Whether a message has words to translate once code, math, roles and links are set aside."""
     rest = INLINE_MATH.sub(" ", DISPLAY_MATH.sub(" ", CODE.sub(" ", ROLE.sub(" ", msgid))))
     rest = LINK.sub(" ", AUTOLINK.sub(" ", rest))
+    rest = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", " ", rest)  # a timestamp of a generated table
     return re.search(r"[A-Za-z]{2,}", rest) is not None and not re.fullmatch(r"\s*\\[\s\S]*", msgid)
 
 
