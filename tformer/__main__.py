@@ -112,36 +112,29 @@ def _positive_minutes(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _parsed(text: str, kind: type, ok, expected: str):
+    """``kind(text)`` if it converts and passes ``ok``; else argparse's error "expected {expected}"."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _parsed(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def _optional_probability(text: str) -> float | None:
     if text.strip().lower() == "none":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1) or 'none', got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1) or 'none', got {value}")
-    return value
+    return _parsed(text, float, lambda v: 0 <= v < 1, "a probability in [0, 1) or 'none'")
 
 
 def _length_penalty(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.6, got {text!r}") from None
-    if not 0 <= value < 10:
-        raise argparse.ArgumentTypeError(f"expected a length penalty in [0, 10), got {value}")
-    return value
+    return _parsed(text, float, lambda v: 0 <= v < 10, "a length penalty in [0, 10)")
 
 
 def _decoding(args: argparse.Namespace) -> tuple[int, float]:

@@ -73,10 +73,15 @@ def protected(text: str) -> dict[str, Counter]:
     return found
 
 
+def _outside_markup(text: str, inline_math: bool = True) -> str:
+    """``text`` with its roles, inline code and math (display, and inline unless told) blanked out."""
+    rest = DISPLAY_MATH.sub(" ", CODE.sub(" ", ROLE.sub(" ", text)))
+    return INLINE_MATH.sub(" ", rest) if inline_math else rest
+
+
 def _unbalanced(text: str) -> list[str]:
     """Markup a translation opened and never closed (counted outside code, roles and math)."""
-    rest = DISPLAY_MATH.sub(" ", CODE.sub(" ", ROLE.sub(" ", text)))
-    rest = INLINE_MATH.sub(" ", rest)
+    rest = _outside_markup(text)
     problems = []
     if rest.count("`") % 2:
         problems.append("an unpaired backtick (`)")
@@ -94,7 +99,7 @@ _PUNCT = r"""[，。：；！？、（）「」『』“”‘’《》【】,.:
 
 
 def _flanking(text: str) -> list[str]:
-    rest = DISPLAY_MATH.sub(" ", CODE.sub(" ", ROLE.sub(" ", text)))
+    rest = _outside_markup(text, inline_math=False)
     problems = []
     for match in re.finditer(r"\*\*(.+?)\*\*", rest):
         inner, before, after = match.group(1), rest[: match.start()], rest[match.end():]
@@ -109,7 +114,7 @@ def _flanking(text: str) -> list[str]:
 
 def needs_translation(msgid: str) -> bool:
     """Whether a message has words to translate once code, math, roles and links are set aside."""
-    rest = INLINE_MATH.sub(" ", DISPLAY_MATH.sub(" ", CODE.sub(" ", ROLE.sub(" ", msgid))))
+    rest = _outside_markup(msgid)
     rest = LINK.sub(" ", AUTOLINK.sub(" ", rest))
     rest = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", " ", rest)  # a timestamp of a generated table
     return re.search(r"[A-Za-z]{2,}", rest) is not None and not re.fullmatch(r"\s*\\[\s\S]*", msgid)

@@ -136,6 +136,16 @@ def hardware_note() -> str:
     return f"Absolute times were measured on {describe_machine(machine_info())}."
 
 
+def module_main(run: Callable[..., dict], description: str, quick_help: str,
+                argv: Sequence[str] | None = None) -> None:
+    """``python -m tformer.benchmarks.<name> [--quick] [--json]``: run one benchmark and print it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
+    args = parser.parse_args(argv)
+    print_result(run(quick=args.quick), as_json=args.json)
+
+
 def print_result(result: dict, as_json: bool = False) -> None:
     """Print one benchmark's result for a reader running its module as a script (or as JSON)."""
     if as_json:

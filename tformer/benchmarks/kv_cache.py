@@ -11,13 +11,12 @@ Run ``python -m tformer.benchmarks.kv_cache``.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
 
 import torch
 
-from tformer.benchmarks import print_result
+from tformer.benchmarks import module_main
 from tformer.inference.generation import generate
 from tformer.nn.gpt import GPT, GPTConfig
 
@@ -70,11 +69,7 @@ def run(quick: bool = False, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="32 new tokens instead of 256")
-    parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
-    args = parser.parse_args(argv)
-    print_result(run(quick=args.quick), as_json=args.json)
+    module_main(run, __doc__.splitlines()[0], "32 new tokens instead of 256", argv)
 
 
 if __name__ == "__main__":

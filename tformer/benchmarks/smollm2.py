@@ -10,7 +10,6 @@ benchmark is skipped and says what to install. Run ``python -m tformer.benchmark
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import io
@@ -18,7 +17,7 @@ import os
 
 import torch
 
-from tformer.benchmarks import describe_machine, machine_info, print_result, time_pair
+from tformer.benchmarks import describe_machine, machine_info, module_main, time_pair
 from tformer.inference.generation import generate
 from tformer.pretrained import SMOLLM2_INSTALL, load_smollm2, smollm2_path
 
@@ -94,11 +93,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8 tokens, one repeat")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
-    print_result(run(quick=args.quick), as_json=args.json)
+    module_main(run, __doc__.splitlines()[0], "8 tokens, one repeat", argv)
 
 
 if __name__ == "__main__":
