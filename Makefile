@@ -6,7 +6,7 @@
 #   make notebooks  re-execute every notebook in place (committed outputs come from committed code)
 #   make bench      run the benchmarks and render the performance page
 #   make tatoeba-model  train the Tatoeba translator that chapters 8 and 9 load (15 minutes)
-#   make rnn-vs-transformer  train GRU translators beside the Transformer (~13 min; chapter 1b reads it)
+#   make rnn-vs-transformer  train GRU translators beside the Transformer (~13 min; chapter 9b reads it)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -91,8 +91,8 @@ OUTSIDE_THE_CHAPTERS = [
     "  a 150-step stand-in and say so. `make tatoeba-model TATOEBA_MINUTES=4` trains a shorter run of",
     "  the same recipe (its scores are lower).",
     "- `make rnn-vs-transformer` (`scripts/train_rnn_vs_transformer.py`): the GRU translators and",
-    "  the Transformer of chapter 1b, each trained for the same CPU budget, results in",
-    "  `_build/rnn_vs_transformer/results.json`. Without it chapter 1b runs a tiny labelled version.",
+    "  the Transformer of chapter 9b, each trained for the same CPU budget, results in",
+    "  `_build/rnn_vs_transformer/results.json`. Without it chapter 9b runs a tiny labelled version.",
     "",
 ]
 

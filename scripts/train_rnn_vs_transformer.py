@@ -1,4 +1,4 @@
-"""The "why" of the course, measured: recurrent translators beside the Transformer (chapter 1b).
+"""The "why" of the course, measured: recurrent translators beside the Transformer (chapter 9b).
 
 Trains three Chinese→English models on the same Tatoeba split, with the same tokenizers, batches,
 loss (label smoothing 0.1), optimizer (Adam, the paper's β and ε), learning-rate schedule shape,

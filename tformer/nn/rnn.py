@@ -1,4 +1,4 @@
-"""Recurrent encoder–decoders: the translators the Transformer replaced (chapter 1b).
+"""Recurrent encoder–decoders: the translators the Transformer replaced (chapter 9b).
 
 Both models read the source with one bidirectional GRU (Cho et al., 2014) and write the target
 with one GRU, one token per step; they differ in what the decoder may look at:
