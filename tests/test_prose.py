@@ -48,6 +48,7 @@ def _opens_literal(fence: str, info: str) -> str | None:
 def parse_fences(source: str) -> tuple[list[Line], list[str]]:
     """Classify each line of one markdown cell and list what is wrong with its fences.
 
+    A line indented by four spaces after a blank line starts an indented code block, as in CommonMark.
     Fences nest (an ```` ````{exercise} ```` holds a ```` ``` ```` code block; a ``::::`` holds a
     ``:::``); inside a code or math block only its own closing fence counts. A closing fence must
     have the opening's character and length.
@@ -66,6 +67,12 @@ def parse_fences(source: str) -> tuple[list[Line], list[str]]:
                 lines.append(Line(text, "fence"))
             else:
                 lines.append(Line(text, "literal", top[1]))
+            continue
+        previous = lines[-1] if lines else None
+        indented = re.match(r"^ {4,}\S", text) and (previous is None or not previous.text.strip()
+                                                    or previous.block == "indented")
+        if indented:  # an indented code block (the solutions' way of showing code)
+            lines.append(Line(text, "literal", "indented"))
             continue
         if not m:
             lines.append(Line(text, "prose"))
@@ -261,6 +268,7 @@ def test_numbers_in_math_inline_code_links_labels_roles_and_options_are_skipped(
         "$$\nx = 3.14\n$$\n"
         "```{exercise}\n:label: ex-0.5\n:class: 2.5x\nText 0.25 here.\n```\n"
         "```python\ny = 0.75\n```\n"
+        "Its code:\n\n    z = 0.125\n    w = 1.5\n"
     )
     assert _written(text) == ["0.25"]
 
