@@ -342,10 +342,9 @@ def test_every_markdown_cell_balances_its_fences(path):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_no_your_turn_cell_sits_inside_a_solution_opened_by_a_markdown_cell(path):
-    """A ``{solution}`` opened in one markdown cell and closed in a later one swallows the cells between."""
-    nb = _load(path)
+def cells_inside_solutions(nb: dict, name: str = "notebook") -> list[str]:
+    """Code cells that sit between a markdown cell opening a ``{solution}`` it does not close and the
+    markdown cell that closes it: in the built page they render inside the folded solution."""
     problems, open_since = [], None
     for index, cell in enumerate(nb["cells"]):
         source = "".join(cell["source"])
@@ -359,7 +358,29 @@ def test_no_your_turn_cell_sits_inside_a_solution_opened_by_a_markdown_cell(path
         elif open_since is not None:
             first = source.strip().splitlines()[0] if source.strip() else ""
             kind = "a your-turn cell" if _is_your_turn(cell) else "a code cell"
-            problems.append(f"{path.name} cell {index} ({kind}: {first!r}) sits inside the solution opened in cell {open_since}")
+            problems.append(f"{name} cell {index} ({kind}: {first!r}) sits inside the solution opened in cell {open_since}")
+    return problems
+
+
+def test_a_your_turn_cell_between_a_solution_and_its_closing_fence_is_found():
+    def md(text):
+        return {"cell_type": "markdown", "source": [text], "metadata": {}}
+
+    def code(text):
+        return {"cell_type": "code", "source": [text], "metadata": {}, "outputs": []}
+
+    swallowed = {"cells": [md("```{exercise}\n:label: ex\nDo it.\n```\n\n````{solution} ex\n:class: dropdown\n"),
+                           code("# Your turn (ex): fill in\ndef f(): ..."), md("````\n")]}
+    assert cells_inside_solutions(swallowed, "nb") == [
+        "nb cell 1 (a your-turn cell: '# Your turn (ex): fill in') sits inside the solution opened in cell 0"]
+    closed = {"cells": [md("````{solution} ex\n:class: dropdown\nAnswer.\n````\n"), code("# Your turn (ex)\n...")]}
+    assert cells_inside_solutions(closed) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_your_turn_cell_sits_inside_a_solution_opened_by_a_markdown_cell(path):
+    """A ``{solution}`` opened in one markdown cell and closed in a later one swallows the cells between."""
+    problems = cells_inside_solutions(_load(path), path.name)
     assert not problems, "\n".join(problems)
 
 
@@ -382,6 +403,32 @@ def test_every_listed_prose_number_is_in_the_prose_and_says_where_it_comes_from(
 
 
 # ---------------------------------------------------------------------------- tests: the built pages
+def code_cells_in_solutions(bs4, html: str, where: str) -> list[str]:
+    """Notebook code cells (``div.cell``) that a built page renders inside a solution or toggle."""
+    dom = bs4.BeautifulSoup(html, "html.parser")
+    article = dom.select_one("article") or dom
+    problems = []
+    for box in article.select(".solution, .toggle, details"):
+        for cell in box.select("div.cell"):
+            code = cell.select_one(".cell_input pre") or cell
+            text = code.get_text().strip()
+            first = text.splitlines()[0] if text else ""
+            problems.append(f"{where}: code cell {first[:70]!r} renders inside solution "
+                            f"{box.get('id') or ' '.join(box.get('class', []))}")
+    return problems
+
+
+def test_a_code_cell_rendered_inside_a_solution_is_found():
+    bs4 = pytest.importorskip("bs4", reason="beautifulsoup4 comes with jupyter-book (the [book] extra)")
+    cell = ('<div class="cell docutils container"><div class="cell_input docutils container">'
+            '<pre># Your turn (ex11-top-k)\ndef f(): ...</pre></div></div>')
+    inside = f'<article><div class="solution dropdown admonition" id="sol-1"><p>Answer</p>{cell}</div></article>'
+    outside = f'<article><div class="solution dropdown admonition" id="sol-1"><p>Answer</p></div>{cell}</article>'
+    assert code_cells_in_solutions(bs4, inside, "p.html") == [
+        "p.html: code cell '# Your turn (ex11-top-k)' renders inside solution sol-1"]
+    assert code_cells_in_solutions(bs4, outside, "p.html") == []
+
+
 @pytest.mark.parametrize("edition", ["", "zh_CN"], ids=["en", "zh_CN"])
 def test_no_code_cell_renders_inside_a_solution_in_the_built_pages(edition):
     bs4 = pytest.importorskip("bs4", reason="beautifulsoup4 comes with jupyter-book (the [book] extra)")
@@ -390,14 +437,6 @@ def test_no_code_cell_renders_inside_a_solution_in_the_built_pages(edition):
     if not pages:
         pytest.skip(f"{folder.relative_to(ROOT)} is not built: run `jupyter-book build .` "
                     "(and scripts/build_zh_book.py for the Chinese edition)")
-    problems = []
-    for page in pages:
-        dom = bs4.BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
-        article = dom.select_one("article") or dom
-        for box in article.select(".solution, .toggle, details"):
-            for cell in box.select("div.cell"):
-                code = cell.select_one(".cell_input pre") or cell
-                first = code.get_text().strip().splitlines()[0] if code.get_text().strip() else ""
-                problems.append(f"{edition or 'en'}/notebooks/{page.name}: code cell {first[:70]!r} renders inside "
-                                f"solution {box.get('id') or box.get('class')}")
+    problems = [p for page in pages for p in code_cells_in_solutions(
+        bs4, page.read_text(encoding="utf-8"), f"{edition or 'en'}/notebooks/{page.name}")]
     assert not problems, "\n".join(problems)
