@@ -403,40 +403,59 @@ def test_every_listed_prose_number_is_in_the_prose_and_says_where_it_comes_from(
 
 
 # ---------------------------------------------------------------------------- tests: the built pages
-def code_cells_in_solutions(bs4, html: str, where: str) -> list[str]:
-    """Notebook code cells (``div.cell``) that a built page renders inside a solution or toggle."""
+CODE_INFO = re.compile(r"^(?:python|ipython3?|pycon|bash|sh|console|text)\s*\n")
+
+
+def broken_solutions(bs4, html: str, where: str) -> list[str]:
+    """What a fence spanning cells does to a built page: a notebook code cell (``div.cell``)
+    rendered inside a solution or toggle; a solution whose text ends on the colon that introduced
+    its code (the code fell out of it); a fence's code rendered as a paragraph ("python\\ndef …")."""
     dom = bs4.BeautifulSoup(html, "html.parser")
     article = dom.select_one("article") or dom
     problems = []
     for box in article.select(".solution, .toggle, details"):
+        name = box.get("id") or " ".join(box.get("class", []))
         for cell in box.select("div.cell"):
             code = cell.select_one(".cell_input pre") or cell
             text = code.get_text().strip()
             first = text.splitlines()[0] if text else ""
-            problems.append(f"{where}: code cell {first[:70]!r} renders inside solution "
-                            f"{box.get('id') or ' '.join(box.get('class', []))}")
+            problems.append(f"{where}: code cell {first[:70]!r} renders inside solution {name}")
+        if "solution" in box.get("class", []) and box.get_text().strip().endswith((":", "：")):
+            tail = " ".join(box.get_text(" ").split())[-70:]
+            problems.append(f"{where}: solution {name} ends on {tail!r}: the code it introduces is not in it")
+    for para in article.select("p"):
+        text = para.get_text()
+        if CODE_INFO.match(text):
+            problems.append(f"{where}: code renders as a paragraph: {' '.join(text.split())[:70]!r}")
     return problems
 
 
-def test_a_code_cell_rendered_inside_a_solution_is_found():
+def test_the_marks_of_a_fence_spanning_cells_are_found_in_a_built_page():
     bs4 = pytest.importorskip("bs4", reason="beautifulsoup4 comes with jupyter-book (the [book] extra)")
     cell = ('<div class="cell docutils container"><div class="cell_input docutils container">'
             '<pre># Your turn (ex11-top-k)\ndef f(): ...</pre></div></div>')
-    inside = f'<article><div class="solution dropdown admonition" id="sol-1"><p>Answer</p>{cell}</div></article>'
-    outside = f'<article><div class="solution dropdown admonition" id="sol-1"><p>Answer</p></div>{cell}</article>'
-    assert code_cells_in_solutions(bs4, inside, "p.html") == [
+    title = '<p class="admonition-title">Solution to Exercise 1</p>'
+    inside = f'<article><div class="solution dropdown admonition" id="sol-1">{title}<p>Answer.</p>{cell}</div></article>'
+    assert broken_solutions(bs4, inside, "p.html") == [
         "p.html: code cell '# Your turn (ex11-top-k)' renders inside solution sol-1"]
-    assert code_cells_in_solutions(bs4, outside, "p.html") == []
+    cut = (f'<article><div class="solution dropdown admonition" id="sol-1">{title}<p>Divide by the count:</p></div>'
+           f'{cell}<p>python\ndef f(x):\nreturn x</p></article>')
+    assert broken_solutions(bs4, cut, "p.html") == [
+        "p.html: solution sol-1 ends on 'Solution to Exercise 1 Divide by the count:': the code it introduces is not in it",
+        "p.html: code renders as a paragraph: 'python def f(x): return x'"]
+    whole = (f'<article><div class="solution dropdown admonition" id="sol-1">{title}<p>Divide by the count:</p>'
+             f'<div class="highlight"><pre>def f(x): return x</pre></div></div>{cell}<p>Python is a language.</p></article>')
+    assert broken_solutions(bs4, whole, "p.html") == []
 
 
 @pytest.mark.parametrize("edition", ["", "zh_CN"], ids=["en", "zh_CN"])
-def test_no_code_cell_renders_inside_a_solution_in_the_built_pages(edition):
+def test_no_solution_is_broken_by_a_fence_spanning_cells_in_the_built_pages(edition):
     bs4 = pytest.importorskip("bs4", reason="beautifulsoup4 comes with jupyter-book (the [book] extra)")
     folder = HTML / edition / "notebooks" if edition else HTML / "notebooks"
     pages = sorted(folder.glob("*.html"))
     if not pages:
         pytest.skip(f"{folder.relative_to(ROOT)} is not built: run `jupyter-book build .` "
                     "(and scripts/build_zh_book.py for the Chinese edition)")
-    problems = [p for page in pages for p in code_cells_in_solutions(
+    problems = [p for page in pages for p in broken_solutions(
         bs4, page.read_text(encoding="utf-8"), f"{edition or 'en'}/notebooks/{page.name}")]
     assert not problems, "\n".join(problems)
