@@ -459,3 +459,28 @@ def test_no_solution_is_broken_by_a_fence_spanning_cells_in_the_built_pages(edit
     problems = [p for page in pages for p in broken_solutions(
         bs4, page.read_text(encoding="utf-8"), f"{edition or 'en'}/notebooks/{page.name}")]
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------- tests: a chapter's shape
+def _headings(nb: dict, level: int) -> list[str]:
+    marks = "#" * level + " "
+    return [line[len(marks):].strip() for _, src in _markdown_cells(nb)
+            for line, kind in ((ln.text, ln.kind) for ln in parse_fences(src)[0])
+            if kind == "prose" and line.startswith(marks)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_chapter_opens_with_what_the_reader_will_be_able_to_do(path):
+    first = "".join(_load(path)["cells"][0]["source"])
+    after_title = first.split("\n# ", 1)[-1].split("\n", 1)[-1].strip()
+    opening = after_title.split("\n\n", 1)[0]
+    assert "will be able to" in opening, (
+        f"{path.name}: the first paragraph after the title should say what the reader will be able to do, "
+        f"not {opening[:100]!r}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_chapter_ends_with_summary_exercises_and_further_reading(path):
+    sections = _headings(_load(path), 2)
+    assert sections[-3:] == ["Summary", "Exercises", "Further reading"], (
+        f"{path.name}: the last sections are {sections[-3:]}, not Summary, Exercises, Further reading")
