@@ -182,15 +182,56 @@ def catalog_docname(path: Path, language: str, locales: Path = LOCALES) -> str:
     return path.relative_to(locales / language / "LC_MESSAGES").with_suffix("").as_posix()
 
 
+# Catalogs that are not a page's: the comments of the chapters' code (``code-comments/<chapter>.po``,
+# see ``notebook_i18n.py``) and any catalog of program text. Their messages are single lines of a
+# program, and their Python placeholders ({name}, {value:.3f}, %s) must stay as they are.
+PAGE_FOLDERS = ("book", "notebooks")
+PLACEHOLDER = re.compile(r"\{[A-Za-z_][\w.]*(?:\[[^\]{}]*\])?(?:![rsa])?(?::[^{}]*)?\}|\{\}|%\(\w+\)[-#0 +]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa]|%[-#0 +]*\d*(?:\.\d+)?[dsrfgx]")
+
+
+def is_page_catalog(path: Path) -> bool:
+    """Whether ``path`` is the catalog of a page or chapter (not of program text)."""
+    parts = Path(path).parts
+    return "LC_MESSAGES" in parts and parts[parts.index("LC_MESSAGES") + 1] in PAGE_FOLDERS
+
+
+def placeholder_problems(msgid: str, msgstr: str) -> list[str]:
+    """Python format placeholders a translation of program text dropped or added."""
+    want, got = Counter(PLACEHOLDER.findall(msgid)), Counter(PLACEHOLDER.findall(msgstr))
+    problems = []
+    if want - got:
+        problems.append("the translation drops the placeholder(s) " + ", ".join(repr(x) for x in sorted(want - got))
+                        + " (the program fills them in: keep them as in the English)")
+    if got - want:
+        problems.append("the translation adds the placeholder(s) " + ", ".join(repr(x) for x in sorted(got - want)))
+    return problems
+
+
+def program_text_problems(msgid: str, msgstr: str) -> list[str]:
+    """Why ``msgstr`` cannot replace ``msgid`` in a program (a comment or a message of the code)."""
+    if not msgstr:
+        return []
+    problems = []
+    if "\n" in msgstr.strip("\n") or "\r" in msgstr:
+        problems.append("the translation has a newline: it must be one line (what follows a newline in a "
+                        "comment would run as code)")
+    elif msgstr != msgstr.strip("\n"):
+        problems.append("the translation starts or ends with a newline: it must be one line")
+    return problems + placeholder_problems(msgid, msgstr)
+
+
 def catalog_problems(path: Path) -> tuple[list[str], list[str]]:
     """``(errors, unfinished)`` of one catalog, each line ``path:line: what``.
 
-    Errors are broken markup and syntax; unfinished are untranslated and fuzzy messages.
+    Errors are broken markup and syntax; unfinished are untranslated and fuzzy messages. A catalog
+    of program text (comments of the code) must also keep each message one line and its
+    placeholders.
     """
     try:
         catalog = read_catalog(path)
     except ValueError as error:
         return [str(error)], []
+    program = not is_page_catalog(path)
     errors, unfinished = [], []
     for message in catalog:
         if not message.id:
@@ -202,6 +243,8 @@ def catalog_problems(path: Path) -> tuple[list[str], list[str]]:
         if message.fuzzy:
             unfinished.append(f"{where}: fuzzy (check the translation, then remove the flag): {message.id[:70]!r}")
         errors += [f"{where}: {problem}" for problem in message_problems(message.id, message.string)]
+        if program:
+            errors += [f"{where}: {problem}" for problem in program_text_problems(message.id, message.string)]
     return errors, unfinished
 
 
