@@ -204,13 +204,15 @@ def is_page_catalog(path: Path) -> bool:
 def placeholder_problems(msgid: str, msgstr: str) -> list[str]:
     """Python format placeholders a translation of program text dropped or added."""
     want, got = Counter(PLACEHOLDER.findall(msgid)), Counter(PLACEHOLDER.findall(msgstr))
-    problems = []
-    if want - got:
-        problems.append("the translation drops the placeholder(s) " + ", ".join(repr(x) for x in sorted(want - got))
-                        + " (the program fills them in: keep them as in the English)")
-    if got - want:
-        problems.append("the translation adds the placeholder(s) " + ", ".join(repr(x) for x in sorted(got - want)))
-    return problems
+    missing, extra = want - got, got - want
+    parts = []
+    if missing:
+        parts.append("drops the placeholder(s) " + ", ".join(repr(x) for x in sorted(missing)))
+    if extra:
+        parts.append("adds " + ", ".join(repr(x) for x in sorted(extra)))
+    if not parts:
+        return []
+    return [f"the translation {' and '.join(parts)} (the program fills them in: keep them as in the English)"]
 
 
 def program_text_problems(msgid: str, msgstr: str) -> list[str]:
@@ -505,10 +507,9 @@ def _write_translated_notebooks(app, exception) -> None:
     language = app.config.language or "en"
     if exception is not None or language == "en" or app.builder.format != "html":
         return
+    from notebook_i18n import write_translated_notebooks
     from sphinx.errors import ExtensionError
     from sphinx.util import logging
-
-    from notebook_i18n import write_translated_notebooks
 
     locales = Path(app.srcdir) / app.config.locale_dirs[0]
     sources = sorted(Path(app.srcdir, d + ".ipynb") for d in app.env.found_docs
