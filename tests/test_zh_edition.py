@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -34,6 +33,8 @@ SEARCHES = {"词元": "notebooks/02_self_attention", "残差连接": "notebooks/
 
 
 def test_the_extras_pin_the_chinese_word_splitter_and_jupyterlabs_chinese_interface():
+    import tomllib
+
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     assert "jieba==0.42.1" in extras["book"]
     assert "jupyterlab-language-pack-zh-cn==4.5.post3" in extras["lab"]
