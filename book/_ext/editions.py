@@ -328,12 +328,31 @@ def other_edition_url(pagename: str, language: str) -> tuple[str, str]:
     return EDITIONS["en"][0], f"{up}../{pagename}.html"
 
 
+# What a reader of a translated edition needs to know first, at the top of its landing page.
+EDITION_NOTE = {
+    "zh_CN": (
+        '<div class="admonition note edition-note">\n<p class="admonition-title">关于中文版</p>\n'
+        "<p>本书的正文、代码注释和练习检查器的提示都有中文；代码、数学公式和单元格的输出与英文版相同。"
+        "API 参考（<code>tformer</code> 的文档字符串）只有英文。</p>\n"
+        "<p>每一章页面顶部的下载按钮（<i class=\"fas fa-download\"></i>）提供该章的中文 notebook（.ipynb），"
+        '「课程 .zip」（<a href="{zip}">{zip_name}</a>）里是全部中文 notebook、<code>tformer</code> 的 wheel '
+        "和一份中文的运行说明（RUN-IT.md，包括怎样把 JupyterLab 的界面切换成中文）。</p>\n</div>\n"
+    ),
+}
+
+
 def _add_switch(app, pagename, templatename, context, doctree) -> None:
     """The link to this page in the other edition, for ``templates/edition-switch.html`` (in the
-    article header of every page, the search and index pages included)."""
+    article header of every page, the search and index pages included); on the landing page of a
+    translated edition, :data:`EDITION_NOTE`."""
     language = app.config.language or "en"
     label, url = other_edition_url(pagename, language)
     context["edition_switch"] = {"label": label, "url": url, "lang": "zh-CN" if language == "en" else "en"}
+    if language in EDITION_NOTE and pagename == app.config.root_doc and "body" in context:
+        from course_zip import zip_name
+
+        name = zip_name(language)
+        context["body"] = EDITION_NOTE[language].format(zip=context["pathto"](name, 1), zip_name=name) + context["body"]
 
 
 # ----------------------------------------------------------------------------- the Chinese interface
@@ -390,6 +409,9 @@ def _interface_config(app, config) -> None:
     end = [t.strip() for t in end.split(",")] if isinstance(end, str) else list(end)
     if "edition-switch.html" not in end:
         options["article_header_end"] = ["edition-switch.html", *end]
+    footer = options.get("footer_content_items", "author.html, copyright.html, last-updated.html, extra-footer.html")
+    footer = [t.strip() for t in footer.split(",")] if isinstance(footer, str) else list(footer)
+    options["footer_content_items"] = ["tformer-author.html" if t == "author.html" else t for t in footer]
     if language in SEARCH_BAR_TEXT:
         options["search_bar_text"] = SEARCH_BAR_TEXT[language]
     config.html_theme_options = options
