@@ -93,7 +93,9 @@ def comments(_args=None) -> None:
         path = folder / f"{notebook.stem}.po"
         template = comment_template(notebook)
         catalog = editions.read_catalog(path) if path.exists() else Catalog(locale=LANGUAGE, project="tformer")
-        catalog.update(template, no_fuzzy_matching=False, update_header_comment=False, update_creation_time=False)
+        created = catalog.creation_date
+        catalog.update(template, no_fuzzy_matching=False, update_header_comment=False)
+        catalog.creation_date = created  # the file changes only where a comment did
         catalog.obsolete.clear()
         _write(path, catalog)
     for stale in sorted(set(folder.glob("*.po")) - {folder / f"{n.stem}.po" for n in chapters}):

@@ -258,3 +258,32 @@ def test_a_broken_comment_translation_fails_the_chinese_build(tmp_path):
     assert result.returncode != 0
     assert f"LC_MESSAGES/{notebook_i18n.COMMENTS}/01_x.po:5: " in result.stderr, result.stderr
     assert "newline" in result.stderr
+
+
+def test_a_changed_comment_arrives_fuzzy_with_its_old_translation_and_a_removed_one_goes(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("translations_script", ROOT / "scripts" / "translations.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    catalogs = tmp_path / "locales" / LANGUAGE / "LC_MESSAGES"
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    monkeypatch.setattr(script, "CATALOGS", catalogs)
+    (tmp_path / "notebooks").mkdir()
+    cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+            "source": ["x = 1  # the first gradient is very large\n", "y = 2  # a new comment"]}
+    (tmp_path / "notebooks" / "01_x.ipynb").write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4,
+                                                                   "nbformat_minor": 5}), encoding="utf-8")
+    po = catalogs / notebook_i18n.COMMENTS / "01_x.po"
+    po.parent.mkdir(parents=True)
+    po.write_text('msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+                  'msgid "the first gradient is huge"\nmsgstr "第一个梯度非常大"\n\n'
+                  'msgid "a comment that is gone"\nmsgstr "已删除的注释"\n', encoding="utf-8")
+    script.comments()
+    messages = {m.id: m for m in editions.read_catalog(po) if m.id}
+    assert set(messages) == {"the first gradient is very large", "a new comment"}
+    changed = messages["the first gradient is very large"]
+    assert changed.fuzzy and changed.string == "第一个梯度非常大"
+    assert not messages["a new comment"].string
+    errors, unfinished = editions.catalog_problems(po)
+    assert errors == [] and len(unfinished) == 2
