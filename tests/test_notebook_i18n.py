@@ -287,3 +287,32 @@ def test_a_changed_comment_arrives_fuzzy_with_its_old_translation_and_a_removed_
     assert not messages["a new comment"].string
     errors, unfinished = editions.catalog_problems(po)
     assert errors == [] and len(unfinished) == 2
+
+
+def test_an_unfilled_your_turn_cell_of_a_chinese_notebook_prints_the_checker_in_chinese(chinese, monkeypatch):
+    """The checker answers in Chinese where the executed cell's source holds Chinese (branch
+    `checkers`); the Chinese notebook's "your turn" cells do, through their translated comments."""
+    source = (ROOT / "tformer" / "course" / "exercises" / "__init__.py").read_text(encoding="utf-8")
+    if "TFORMER_LANG" not in source:
+        pytest.skip("the checker does not speak Chinese yet (its messages come with the bilingual checker)")
+    interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
+    import contextlib
+    import io
+
+    monkeypatch.delenv("TFORMER_LANG", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    _, zh, _ = chinese["03_positional_encoding"]
+    cells = [notebook_i18n._cell_source(c) for c in zh["cells"] if c["cell_type"] == "code"]
+    stub = next(c for c in cells if c.startswith("# 轮到你了"))
+    setup = "\n".join(line for line in cells[0].splitlines() if not line.startswith("%"))
+    setup += "\nfrom tformer.course.exercises import check\n"  # as an earlier cell of the chapter does
+    shell = interactiveshell.InteractiveShell.instance()
+    try:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert shell.run_cell(setup, store_history=True).success
+            shell.run_cell(stub, store_history=True)  # as a kernel runs a cell
+    finally:
+        interactiveshell.InteractiveShell.clear_instance()
+    printed = out.getvalue()
+    assert printed.strip() and CJK.search(printed), printed
