@@ -10,9 +10,10 @@ extension, ``book/_ext/course_zip.py``) writes it into ``_build/html`` so that t
 it on every chapter page beside the ``.ipynb`` download; ``tests/test_zip.py`` unpacks it into an
 empty folder, installs it in a fresh venv and runs a chapter there.
 
-The Chinese edition's zip (``--language zh_CN``, ``tformer-course-zh_CN.zip``, written into
-``_build/html/zh_CN`` by the Chinese build) holds the Chinese notebooks, generated from the English
-ones and the catalogs (``book/_ext/notebook_i18n.py``), and a Chinese ``RUN-IT.md``.
+The Chinese edition's zip (``--language zh_CN``; the same name, written into ``_build/html/zh_CN``
+by the Chinese build, so that every link to it from a Chinese page finds it) holds the Chinese
+notebooks, generated from the English ones and the catalogs (``book/_ext/notebook_i18n.py``), and
+a Chinese ``RUN-IT.md``.
 
 The zip is reproducible: entries are sorted and carry a fixed timestamp.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = "tformer-course"
 ZIP_NAME = "tformer-course.zip"
-ZIP_NAMES = {"en": ZIP_NAME, "zh_CN": "tformer-course-zh_CN.zip"}
+ZIP_NAMES = {"en": ZIP_NAME, "zh_CN": ZIP_NAME}  # each edition's folder has its own
 STAMP = (2026, 1, 1, 0, 0, 0)  # every entry's date: the same bytes for the same sources
 # What setuptools needs to build the wheel (the package, its metadata and the files they name).
 WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "tformer")

@@ -3,7 +3,8 @@
 * After an HTML build, writes ``tformer-course.zip`` (every chapter, the ``tformer`` wheel, the
   pinned constraints and a "run it" guide; see ``scripts/build_course_zip.py``) into the output
   folder, so ``make book`` publishes it with the site; the Chinese edition writes
-  ``tformer-course-zh_CN.zip`` (Chinese notebooks and guide) into its own.
+  its own ``tformer-course.zip`` (Chinese notebooks and guide) into its folder, so the pages of each
+  edition, setup page included, link their own.
 * On every page that has a download menu (the theme's ``.ipynb`` / source / ``.pdf`` buttons), adds
   a "course .zip" entry right after the ``.ipynb`` one.
 * Where ``GITHUB_REPOSITORY`` (``owner/name``, set by GitHub Actions; see

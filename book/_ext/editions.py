@@ -372,6 +372,14 @@ INTERFACE = {
         "Search": "搜索",
     },
 }
+# Sphinx's own words (and the pydata theme's, which go through Sphinx's catalog) that its zh_CN
+# catalog leaves English.
+INTERFACE_SPHINX = {
+    "zh_CN": {
+        "Link to this heading": "链接到本标题",
+        "System Settings": "跟随系统设置",
+    },
+}
 # Settings of the theme and extensions that hold interface text, per language.
 INTERFACE_CONFIG = {
     "zh_CN": {
@@ -428,9 +436,10 @@ def _interface_translations(app) -> None:
     overrides = INTERFACE.get(app.config.language or "en")
     if not overrides:
         return
+    sphinx = INTERFACE_SPHINX.get(app.config.language or "en", {})
     for key, translator in list(locale.translators.items()):
         if key[1] in ("booktheme", "sphinx") and not isinstance(translator, _Overrides):
-            locale.translators[key] = _Overrides(overrides if key[1] == "booktheme" else {}, translator)
+            locale.translators[key] = _Overrides(overrides if key[1] == "booktheme" else sphinx, translator)
 
 
 # ----------------------------------------------------------------------------- search
