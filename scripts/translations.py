@@ -1,6 +1,7 @@
 """Keep the Chinese edition's catalogs (``locales/zh_CN/LC_MESSAGES``) in step with the English.
 
     python scripts/translations.py update            # extract the English messages, merge them in
+    python scripts/translations.py comments          # only the comments of the chapters' code
     python scripts/translations.py prefill           # numbers, code and math translate to themselves
     python scripts/translations.py stats             # translated / untranslated / fuzzy, per catalog
     python scripts/translations.py check             # broken markup or syntax, with file and line
@@ -14,6 +15,11 @@ fuzzy flag removed. ``dump`` writes the unfinished messages of one catalog as pl
 ``=== N`` then the English, no escaping — and ``apply`` reads the same blocks with the Chinese in
 place of the English, checks each one's markup (code, math, roles, links must stay as they are)
 and writes the catalog. Editing the ``.po`` file by hand (Poedit, an editor) works just as well.
+
+The comments of the chapters' code have their own catalogs, ``code-comments/<chapter>.po`` (one
+message per comment line, its text without ``# ``); ``update`` (or ``comments`` alone) extracts
+them from the notebooks and merges them the same way. The Chinese notebooks (download button,
+course zip) are generated from both catalogs when the book is built (``book/_ext/notebook_i18n.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import editions  # noqa: E402
+import notebook_i18n  # noqa: E402
 
 LANGUAGE = "zh_CN"
 CATALOGS = ROOT / "locales" / LANGUAGE / "LC_MESSAGES"
@@ -52,8 +59,48 @@ def update(_args=None) -> None:
     pot = extract()
     subprocess.run([_bin("sphinx-intl"), "update", "-p", str(pot), "-l", LANGUAGE, "-d", str(ROOT / "locales"),
                     "-w", str(WIDTH), "--no-obsolete"], check=True)
+    comments()
     prefill()
     stats()
+
+
+def comment_template(notebook: Path):
+    """A catalog template of the comments of one chapter's code (``#.`` names cell and line)."""
+    import json
+
+    from babel.messages.catalog import Catalog
+
+    template = Catalog(locale=None, project="tformer", fuzzy=False)
+    found = notebook_i18n.notebook_comments(json.loads(notebook.read_text(encoding="utf-8")))
+    for msgid, where in found:
+        if msgid in template:
+            template[msgid].auto_comments.append(where)
+        else:
+            template.add(msgid, auto_comments=[where], locations=[(f"notebooks/{notebook.name}", None)])
+    return template
+
+
+def comments(_args=None) -> None:
+    """Extract the comments of every chapter's code and merge them into ``code-comments/<chapter>.po``:
+    a new comment arrives untranslated, a changed one fuzzy (with the old translation), a removed
+    one is dropped."""
+    from babel.messages.catalog import Catalog
+
+    folder = CATALOGS / notebook_i18n.COMMENTS
+    folder.mkdir(parents=True, exist_ok=True)
+    chapters = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    for notebook in chapters:
+        path = folder / f"{notebook.stem}.po"
+        template = comment_template(notebook)
+        catalog = editions.read_catalog(path) if path.exists() else Catalog(locale=LANGUAGE, project="tformer")
+        created = catalog.creation_date
+        catalog.update(template, no_fuzzy_matching=False, update_header_comment=False)
+        catalog.creation_date = created  # the file changes only where a comment did
+        catalog.obsolete.clear()
+        _write(path, catalog)
+    for stale in sorted(set(folder.glob("*.po")) - {folder / f"{n.stem}.po" for n in chapters}):
+        stale.unlink()
+        print(f"{stale.relative_to(ROOT)}: removed (its chapter is gone)")
 
 
 def _path(doc: str) -> Path:
@@ -149,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("update", help="extract the English messages and merge them into the catalogs")
+    sub.add_parser("comments", help="extract the comments of the chapters' code into code-comments/*.po")
     sub.add_parser("prefill", help="copy messages that have nothing to translate (numbers, code, math)")
     sub.add_parser("stats", help="how much of each catalog is translated")
     sub.add_parser("check", help="broken or unfinished translations, with file and line")
@@ -159,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("doc")
     a.add_argument("file")
     args = parser.parse_args(argv)
-    result = {"update": update, "prefill": prefill, "stats": stats, "check": check, "dump": dump, "apply": apply}[args.command](args)
+    result = {"update": update, "comments": comments, "prefill": prefill, "stats": stats, "check": check, "dump": dump, "apply": apply}[args.command](args)
     return result or 0
 
 

@@ -282,13 +282,13 @@ def test_every_chinese_page_loads_with_figures_no_errors_and_hidden_solutions(zh
 
 
 def switch_problems(doc: str, dom, server: str, edition: str, other: str, hreflang: str) -> list[str]:
-    """Why the page ``doc`` of ``edition`` does not link, at its top, to the same page of ``other``
+    """Why the page ``doc`` of ``edition`` does not link, in its header, to the same page of ``other``
     (``""`` is English) whose file the server has (an empty list when it does)."""
     where = f"{edition}/{doc}" if edition else doc
     here = page_url(server, doc, edition)
-    links = dom.select("p.edition-switch a[href]")
+    links = dom.select(".bd-header-article .edition-switch a[href]")
     if len(links) != 1:
-        return [f"{where}: {len(links)} edition-switch links (book/_ext/editions.py puts one on every page)"]
+        return [f"{where}: {len(links)} edition-switch links in the header (book/_ext/editions.py puts one on every page)"]
     link, problems = links[0], []
     target, want = urljoin(here, link["href"]), page_url(server, doc, other)
     if target != want:

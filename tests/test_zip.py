@@ -82,6 +82,23 @@ def test_course_zip_holds_every_chapter_the_wheel_with_its_data_constraints_and_
         assert data in shipped, f"{data} is missing from the wheel"
 
 
+def test_chinese_course_zip_holds_the_chinese_notebooks_and_a_chinese_guide(tmp_path):
+    pytest.importorskip("myst_parser", reason="the Chinese notebooks are generated with myst-parser ([book] extra)")
+    module = _script("build_course_zip")
+    out = module.build(tmp_path / module.ZIP_NAMES["zh_CN"], "zh_CN")
+    with zipfile.ZipFile(out) as z:
+        guide = z.read("tformer-course/RUN-IT.md").decode("utf-8")
+        chapter = z.read(f"tformer-course/notebooks/{CHAPTER}.ipynb").decode("utf-8")
+        names = set(z.namelist())
+    english = (ROOT / "notebooks" / f"{CHAPTER}.ipynb").read_text(encoding="utf-8")
+    assert {f"tformer-course/notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")} <= names
+    assert chapter != english and "位置编码" in chapter and "轮到你了" in chapter
+    assert "创建虚拟环境" in guide and "Activate.ps1" in guide and "jupyter lab notebooks" in guide
+    assert "jupyterlab-language-pack-zh-cn" in guide and "Settings → Language" in guide
+    with pytest.raises(ValueError, match="language='fr'"):
+        module.build(tmp_path / "x.zip", "fr")
+
+
 def test_course_zip_is_reproducible(tmp_path):
     build = _script("build_course_zip").build
     first = build(tmp_path / "a.zip")

@@ -2,7 +2,9 @@
 
 * After an HTML build, writes ``tformer-course.zip`` (every chapter, the ``tformer`` wheel, the
   pinned constraints and a "run it" guide; see ``scripts/build_course_zip.py``) into the output
-  folder, so ``make book`` publishes it with the site.
+  folder, so ``make book`` publishes it with the site; the Chinese edition writes
+  its own ``tformer-course.zip`` (Chinese notebooks and guide) into its folder, so the pages of each
+  edition, setup page included, link their own.
 * On every page that has a download menu (the theme's ``.ipynb`` / source / ``.pdf`` buttons), adds
   a "course .zip" entry right after the ``.ipynb`` one.
 * Where ``GITHUB_REPOSITORY`` (``owner/name``, set by GitHub Actions; see
@@ -52,7 +54,20 @@ def set_repository(app, config) -> None:
     config.html_theme_options = options
 
 
+# The download menu's entry, per edition.
+BUTTON = {
+    "en": ("course .zip", "Download every chapter with the tformer wheel, to run on your own machine"),
+    "zh_CN": ("课程 .zip", "下载全部章节（中文 notebook）和 tformer 的 wheel，在你自己的电脑上运行"),
+}
+
+
+def zip_name(language: str) -> str:
+    return _builder_module().ZIP_NAMES.get(language or "en", ZIP_NAME)
+
+
 def add_zip_button(app, pagename, templatename, context, doctree) -> None:
+    language = app.config.language or "en"
+    text, tooltip = BUTTON.get(language, BUTTON["en"])
     for button in context.get("header_buttons", []):
         if button.get("label") != "download-buttons":
             continue
@@ -64,9 +79,9 @@ def add_zip_button(app, pagename, templatename, context, doctree) -> None:
         after = labels.index(anchor) + 1 if anchor else 0
         entries.insert(after, {
             "type": "link",
-            "url": context["pathto"](ZIP_NAME, 1),
-            "text": "course .zip",
-            "tooltip": "Download every chapter with the tformer wheel, to run on your own machine",
+            "url": context["pathto"](zip_name(language), 1),
+            "text": text,
+            "tooltip": tooltip,
             "icon": "fas fa-file-archive",
             "label": "download-course-zip-button",
         })
@@ -74,7 +89,8 @@ def add_zip_button(app, pagename, templatename, context, doctree) -> None:
 
 def write_zip(app, exception) -> None:
     if exception is None and app.builder.format == "html":
-        out = _builder_module().build(Path(app.outdir) / ZIP_NAME)
+        language = app.config.language or "en"
+        out = _builder_module().build(Path(app.outdir) / zip_name(language), language)
         print(f"course_zip: wrote {out}")
 
 
