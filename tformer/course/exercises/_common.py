@@ -11,6 +11,7 @@ ATOL = 1e-5
 MESSAGES = {
     "case": ("case {i} ({name}): {detail}", "用例 {i}（{name}）：{detail}"),
     "case_plain": ("case {i}: {detail}", "用例 {i}：{detail}"),
+    "case_join": ("{case}: {detail}", "{case}：{detail}"),
     "not_tensor": ("expected a torch.Tensor, got {kind}", "应返回 torch.Tensor，实际得到 {kind}"),
     "shape": ("expected shape {want}, got {got}", "形状应为 {want}，实际为 {got}"),
     "nan": ("the output contains NaN or inf", "输出含有 NaN 或 inf"),
