@@ -41,7 +41,7 @@ MESSAGES = {
                  "type and shape against the exercise",
                  "检查器无法使用你的函数的返回值（{kind}：{line}）；请对照练习检查它的类型和形状"),
     "passed": ("all {n} cases pass", "全部 {n} 个用例通过"),
-    "hint": ("Hint", "提示"),
+    "hint": ("  Hint: {hint}", "  提示：{hint}"),
 }
 say = texts(MESSAGES)
 NOT_IMPLEMENTED = say("not_implemented")
@@ -162,7 +162,7 @@ def check(name: str, fn: Callable, *, quiet: bool = False, lang: str | None = No
         if not quiet:
             print(f"{mark} {name}: {in_language(line, lang)}")
             if hint:
-                print(f"  {in_language(say('hint'), lang)}: {in_language(hint, lang)}")
+                print(in_language(say("hint", hint=hint), lang))
 
     try:
         passed = checks[name](_guarded(fn))
