@@ -28,6 +28,8 @@ import inspect
 import pkgutil
 from collections.abc import Callable
 
+import torch
+
 from tformer.course.exercises._text import Text, in_language, language, texts
 
 MESSAGES = {
@@ -41,6 +43,8 @@ MESSAGES = {
                  "type and shape against the exercise",
                  "检查器无法使用你的函数的返回值（{kind}：{line}）；请对照练习检查它的类型和形状"),
     "passed": ("all {n} cases pass", "全部 {n} 个用例通过"),
+    "meta": ("your function returned a tensor on the meta device, which holds no values: compute it "
+             "from the inputs", "你的函数返回了 meta 设备上的张量，其中没有数值：请由输入计算结果"),
     "hint": ("  Hint: {hint}", "  提示：{hint}"),
 }
 say = texts(MESSAGES)
@@ -125,6 +129,8 @@ def _guarded(fn: Callable) -> Callable:
             raise
         if out is None or out is Ellipsis:
             raise _Unfilled
+        if isinstance(out, torch.Tensor) and out.device.type == "meta":
+            raise CheckFailed(say("meta"))
         return out
 
     return call

@@ -59,6 +59,15 @@ def describe(got: object, want: torch.Tensor) -> Text:
     return say("diff", diff=float((got.double() - want.double()).abs().max()))
 
 
+def short(value: object, limit: int = 60) -> str:
+    """``value`` in one short line: a tensor or array by its shape and dtype, anything else by its repr."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and not isinstance(value, (int, float)) and len(tuple(shape)) > 0:
+        return f"{type(value).__name__}(shape={tuple(shape)}, dtype={getattr(value, 'dtype', '?')})"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def number(x: object) -> float | None:
     """A Python number or a one-element tensor as a float; None for anything else."""
     if isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_complex():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tformer.course.exercises import CheckFailed
-from tformer.course.exercises._common import COMMON, close, describe
+from tformer.course.exercises._common import COMMON, close, describe, number, short
 from tformer.course.exercises._text import texts
 from tformer.masks import causal_mask, padding_mask
 from tformer.nn.layers import DecoderLayer, EncoderLayer
@@ -294,14 +294,12 @@ def check_parameter_count(fn: Callable) -> int:
     cases = [(512, 2048, 8, 6, 37000), (1024, 4096, 16, 6, 37000), (64, 256, 4, 2, 1000), (32, 48, 2, 3, 17)]
     for i, (d, d_ff, h, n, vocab) in enumerate(cases, start=1):
         want = _reference_count(d, d_ff, h, n, vocab)
-        got = fn(d, d_ff, h, n, vocab)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = int(got.item())
-        if isinstance(got, bool) or not isinstance(got, (int, float)) or got != want:
-            hint = next((k for k, v in _count_terms(d, d_ff, h, n, vocab).items()
-                         if isinstance(got, (int, float)) and v == got), HINT_COUNT)
+        out = fn(d, d_ff, h, n, vocab)
+        got = number(out)
+        if got != want:
+            hint = next((k for k, v in _count_terms(d, d_ff, h, n, vocab).items() if v == got), HINT_COUNT)
             raise CheckFailed(say("count_case", i=i, d=d, d_ff=d_ff, h=h, n=n, vocab=vocab, want=want,
-                                  got=repr(got)[:60]), hint)
+                                  got=short(out)), hint)
     return len(cases)
 
 

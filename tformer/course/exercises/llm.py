@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tformer.course.exercises import CheckFailed
-from tformer.course.exercises._common import COMMON, close, describe, diagnose, number
+from tformer.course.exercises._common import COMMON, close, describe, diagnose, number, short
 from tformer.course.exercises._text import texts
 
 MESSAGES = {
@@ -318,7 +318,7 @@ def check_kv_cache(fn: Callable) -> int:
                 hint = say("start_last", want=past)
             elif got_start == 0:
                 hint = say("start_zero", want=past)
-            raise CheckFailed(say("start_case", i=i, name=name, want=past, got=repr(start)[:40]), hint)
+            raise CheckFailed(say("start_case", i=i, name=name, want=past, got=short(start)), hint)
     return len(cases)
 
 

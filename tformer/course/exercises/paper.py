@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from tformer.course.exercises import CheckFailed
-from tformer.course.exercises._common import COMMON, number
+from tformer.course.exercises._common import COMMON, number, short
 from tformer.course.exercises._text import texts
 from tformer.nn.positional import sinusoidal_encoding
 from tformer.nn.transformer import Transformer, TransformerConfig, count_parameters
@@ -101,7 +101,7 @@ def check_attention_memory(fn: Callable) -> int:
         out = fn(T, d_k, b)
         got = _as_numbers(out, 2)
         if got is None:
-            raise CheckFailed(say("mem_case", i=i, T=T, d_k=d_k, b=b, want=want, got=repr(out)[:60]),
+            raise CheckFailed(say("mem_case", i=i, T=T, d_k=d_k, b=b, want=want, got=short(out)),
                               say("mem_return"))
         if tuple(got) != want:
             mistakes = {say("mem_weights"): (T * d_k * b, T * d_k * b), say("mem_bytes"): (T * T, T * d_k),
@@ -127,7 +127,7 @@ def check_additive_score_terms(fn: Callable) -> int:
         got = _as_numbers(out, 4)
         shown = [round(v, 4) for v in want]
         if got is None:
-            raise CheckFailed(say("terms_case", i=i, m=m, n=n, want=shown, got=repr(out)[:60]),
+            raise CheckFailed(say("terms_case", i=i, m=m, n=n, want=shown, got=short(out)),
                               say("terms_return"))
         if any(abs(a - b) > 1e-5 * max(1.0, abs(b)) for a, b in zip(got, want, strict=True)):
             swapped = [want[0], float(x @ pe[m]), float(pe[n] @ y), want[3]]

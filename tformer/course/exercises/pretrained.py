@@ -107,7 +107,11 @@ def check_top_k(fn: Callable) -> int:
     for i, (q, k) in enumerate(queries, start=1):
         got = fn(q.clone(), corpus.clone(), k)
         want = cosine_top_k(q, corpus, k)[1]
-        got = torch.as_tensor(got)
+        try:
+            got = torch.as_tensor(got)
+        except (TypeError, ValueError, RuntimeError):
+            raise CheckFailed(say("topk_shape", i=i, want=tuple(want.shape), got=type(got).__name__),
+                              say("topk_shape_hint")) from None
         if tuple(got.shape) != tuple(want.shape) or got.is_floating_point() or got.is_complex():
             raise CheckFailed(say("topk_shape", i=i, want=tuple(want.shape), got=tuple(got.shape)),
                               say("topk_shape_hint"))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from tformer.course.exercises import CheckFailed
-from tformer.course.exercises._common import COMMON, close, describe, diagnose, number
+from tformer.course.exercises._common import COMMON, close, describe, diagnose, number, short
 from tformer.course.exercises._text import texts
 
 MESSAGES = {
@@ -84,7 +84,7 @@ def check_sequential_steps(fn: Callable) -> int:
         got = tuple(number(v) for v in out) if isinstance(out, (tuple, list)) and len(out) == 3 else None
         if got is None or None in got:
             raise CheckFailed(say("steps_case", i=i, S=S, T=T, n_enc=n_enc, n_dec=n_dec, want=want,
-                                  got=repr(out)[:60]), say("steps_return"))
+                                  got=short(out)), say("steps_return"))
         if got != want:
             hint = say("steps")
             if got[0] == 2 * S + T or got[1] == 2 * S + T:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tformer.course.exercises import CheckFailed
-from tformer.course.exercises._common import COMMON, number
+from tformer.course.exercises._common import COMMON, number, short
 from tformer.course.exercises._text import texts
 from tformer.inference.generation import greedy_decode
 from tformer.nn.transformer import Transformer, TransformerConfig
@@ -207,7 +207,7 @@ def check_shift_right(fn: Callable) -> int:
             hint = HINT_SHIFT_LEFT
         elif is_ids and got.shape == want.shape and torch.equal(got[:, 1:].long(), want[:, 1:]):
             hint = say("shift_bos", bos=bos)
-        shown = got.tolist() if isinstance(got, torch.Tensor) else repr(got)[:60]
+        shown = got.tolist() if is_ids and got.numel() <= 40 else short(got)
         raise CheckFailed(say("shift_case", i=i, bos=bos, target=tgt.tolist(), want=want.tolist(), got=shown),
                           hint)
     return len(cases)

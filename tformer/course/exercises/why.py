@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 from tformer.course.exercises import CheckFailed
+from tformer.course.exercises._common import number, short
 from tformer.course.exercises._text import texts
 
 MESSAGES = {
@@ -38,12 +39,13 @@ def check_cnn_layers_needed(fn: Callable) -> int:
     cases = [(1, 3), (2, 3), (7, 3), (10, 3), (100, 3), (8, 5), (9, 5), (50, 7)]
     for i, (n, k) in enumerate(cases, start=1):
         want = math.ceil(n / (k - 1))
-        got = fn(n, k)
-        if isinstance(got, bool) or got != want:
+        out = fn(n, k)
+        got = number(out)
+        if got != want:
             hint = say("cnn_hint")
-            if not isinstance(got, bool) and got in (n, math.ceil(n / ((k - 1) // 2))):
+            if got in (n, math.ceil(n / ((k - 1) // 2))):
                 hint = say("cnn_both_sides")
-            raise CheckFailed(say("cnn_case", i=i, n=n, k=k, want=want, got=repr(got)[:60]), hint)
+            raise CheckFailed(say("cnn_case", i=i, n=n, k=k, want=want, got=short(out)), hint)
     return len(cases)
 
 
@@ -54,8 +56,9 @@ def check_padding_fraction(fn: Callable) -> int:
     for i, (lengths, b) in enumerate(cases, start=1):
         padded = sum(max(lengths[j:j + b]) * len(lengths[j:j + b]) for j in range(0, len(lengths), b))
         want = 1 - sum(lengths) / padded
-        got = fn(list(lengths), b)
-        ok_type = isinstance(got, (int, float)) and not isinstance(got, bool)
+        out = fn(list(lengths), b)
+        got = number(out)
+        ok_type = got is not None
         if not ok_type or abs(got - want) > 1e-9:
             hint = say("pad_hint")
             global_max = 1 - sum(lengths) / (max(lengths) * len(lengths))
@@ -63,7 +66,7 @@ def check_padding_fraction(fn: Callable) -> int:
                 hint = say("pad_global")
             elif ok_type and padded and abs(got - sum(lengths) / padded) < 1e-9:
                 hint = say("pad_real")
-            raise CheckFailed(say("pad_case", i=i, lengths=lengths, b=b, want=want, got=repr(got)[:60]),
+            raise CheckFailed(say("pad_case", i=i, lengths=lengths, b=b, want=want, got=short(out)),
                               hint)
     return len(cases)
 
