@@ -57,7 +57,7 @@ MESSAGES = {
                 "沿最后一维（一个词元的特征）归一化，dim=-1。"),
     "rms_case": ("case {i} (x {shape}, eps={eps})", "用例 {i}（x {shape}，eps={eps}）"),
     "swiglu": ("SwiGLU(x) = (SiLU(x @ w_gate) ⊙ (x @ w_up)) @ w_down (Shazeer, 2020).",
-               "SwiGLU(x) = (SiLU(x @ w_gate) ⊙ (x @ w_up)) @ w_down（Shazeer, 2020）。"),
+               "SwiGLU 门控前馈网络：SwiGLU(x) = (SiLU(x @ w_gate) ⊙ (x @ w_up)) @ w_down（Shazeer, 2020）。"),
     "swiglu_swapped": ("the SiLU goes on the gate projection (x @ w_gate), not on the up projection.",
                        "SiLU 作用于门控投影（x @ w_gate），而不是上投影（x @ w_up）。"),
     "swiglu_sigmoid": ("SwiGLU uses SiLU(z) = z · sigmoid(z) (Swish), not the sigmoid itself (that is the "
