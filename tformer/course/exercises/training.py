@@ -123,9 +123,10 @@ def _ls_mistakes(logits, target, eps, pad) -> dict:
     nll = -logp.gather(-1, target[:, None]).squeeze(-1)
     want = F.cross_entropy(logits, target, ignore_index=pad, label_smoothing=eps).item()
     per_pos = (1 - eps) * nll - eps * logp.mean(-1)
-    out = {HINT_LS_PAD: F.cross_entropy(logits, target, label_smoothing=eps).item()}
+    out = {}
     if pad != 0:
         out[say("ls_pad_zero", pad=pad)] = per_pos[target != 0].mean().item()
+    out[HINT_LS_PAD] = F.cross_entropy(logits, target, label_smoothing=eps).item()
     others = (-logp.sum(-1) - nll) / (V - 1)
     out[HINT_LS_V1] = (((1 - eps) * nll + eps * others)[keep]).mean().item()
     rest = -logp.sum(-1) - nll + torch.where(target == pad, 0.0, logp[:, pad])  # neither y nor pad
@@ -147,6 +148,8 @@ def check_label_smoothing(fn: Callable) -> int:
         logits = torch.randn(N, V, generator=g) * 2
         target = torch.randint(0, V - 1, (N,), generator=g)
         target = torch.where(target >= pad, target + 1, target)  # any id but pad (0 included)
+        if pad != 0:
+            target[0] = 0  # a real token with id 0: an answer that drops id 0 instead of pad_id is seen
         if n_pad:
             target[-n_pad:] = pad
         want = LabelSmoothingLoss(eps, ignore_index=pad)(logits, target).item()
@@ -171,17 +174,17 @@ def check_noam_lr(fn: Callable) -> int:
         want = noam_lr(step, d, w)
         got = number(fn(step, d, w))
         if not _same(got, want):
-            mistakes = {
+            mistakes = {}
+            for other in (d**-0.5 * step**-0.5, d**-0.5 * step * w**-1.5):
+                if abs(step - w) <= 1 and not _same(other, want):
+                    mistakes[say("noam_branch", step=step, w=w)] = other
+            mistakes |= {
                 HINT_NOAM_DMODEL: min(step**-0.5, step * w**-1.5),
                 HINT_NOAM_WARM: d**-0.5 * min(step**-0.5, step * w**-0.5),
                 HINT_NOAM_MAX: d**-0.5 * max(step**-0.5, step * w**-1.5),
                 say("noam_shift", sign="+"): noam_lr(step + 1, d, w),
             }
-            if step > 1:
-                mistakes[say("noam_shift", sign="-")] = noam_lr(step - 1, d, w)
-            for other in (d**-0.5 * step**-0.5, d**-0.5 * step * w**-1.5):
-                if abs(step - w) <= 1 and not _same(other, want):
-                    mistakes[say("noam_branch", step=step, w=w)] = other
+            mistakes[say("noam_shift", sign="-")] = noam_lr(step - 1, d, w) if step > 1 else 0.0
             hint = next((h for h, v in mistakes.items() if _same(got, v)), HINT_NOAM)
             raise CheckFailed(say("noam_case", i=i, step=step, d=d, w=w, want=want, got=got), hint)
     return len(cases)
@@ -266,12 +269,13 @@ def check_greedy(fn: Callable) -> int:
         got_rows = _rows(out, eos)
         if got_rows != want:
             hint = HINT_GREEDY
-            if got_rows and all(r[:1] == [bos] for r in got_rows):
-                hint = HINT_GREEDY_BOS
-            elif got_rows == _greedy_variant(model, src, 10, bos, eos, src_mask=False):
+            if got_rows == _greedy_variant(model, src, 10, bos, eos, src_mask=False):
                 hint = HINT_GREEDY_SRC_MASK
             elif bos != 1 and got_rows == _greedy_variant(model, src, 10, 1, eos, src_mask=True):
                 hint = say("greedy_bos_arg", bos=bos)
+            elif got_rows and all(r[:1] == [bos] and r[1:] == w[:len(r) - 1]
+                                  for r, w in zip(got_rows, want, strict=False)):
+                hint = HINT_GREEDY_BOS
             if got_rows is None:
                 raise CheckFailed(say("greedy_type", i=i, bos=bos, eos=eos, kind=type(out).__name__), hint)
             raise CheckFailed(say("greedy_case", i=i, bos=bos, eos=eos, want=want, got=got_rows), hint)
