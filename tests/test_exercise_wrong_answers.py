@@ -126,6 +126,11 @@ def test_noam_step_counted_from_zero_is_named(shift, sign):
     fails_with("train.noam_lr", shifted, f"not step {sign} 1")
 
 
+def test_shift_right_returning_float_ids_is_told_to_return_integers():
+    fails_with("train.shift_right", lambda t, bos: torch.cat([torch.full_like(t[:, :1], bos), t[:, :-1]], 1).float(),
+               "integer token ids")
+
+
 def test_returning_weights_then_output_is_named_not_told_q_at_k():
     def swapped(q, k, v, mask=None):
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])

@@ -74,6 +74,9 @@ MESSAGES = {
                   "请使用参数 bos_id（本用例为 {bos}），不要写死某个 id。"),
     "shift": ("decoder input = [<bos>, y1, …, y_{{n-1}}] for the target [y1, …, y_n] (teacher forcing).",
               "对目标 [y1, …, y_n]，解码器的输入是 [<bos>, y1, …, y_{{n-1}}]（教师强制）。"),
+    "shift_dtype": ("return integer token ids (the target's dtype, torch.long), not floats: the decoder "
+                    "input goes through an embedding.",
+                    "请返回整数词元 id（与目标相同的数据类型 torch.long），而不是浮点数：解码器的输入要经过嵌入层。"),
     "shift_case": ("case {i} (bos_id={bos}): target {target} should give {want}, got {got}",
                    "用例 {i}（bos_id={bos}）：目标 {target} 应得到 {want}，实际为 {got}"),
     "greedy_bos": ("start from <bos> but do not return it: the output begins with the first predicted "
@@ -204,7 +207,9 @@ def check_shift_right(fn: Callable) -> int:
         if is_ids and got.shape == want.shape and torch.equal(got.long(), want):
             continue
         hint = HINT_SHIFT
-        if is_ids and got.dim() == 2 and got.shape[-1] == tgt.shape[-1] + 1:
+        if isinstance(got, torch.Tensor) and got.is_floating_point():
+            hint = say("shift_dtype")
+        elif is_ids and got.dim() == 2 and got.shape[-1] == tgt.shape[-1] + 1:
             hint = HINT_SHIFT_KEEP
         elif is_ids and got.shape == want.shape and torch.equal(got[:, :-1].long(), tgt[:, 1:]):
             hint = HINT_SHIFT_LEFT
