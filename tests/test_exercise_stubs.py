@@ -210,3 +210,44 @@ def test_greedy_that_ignores_the_source_mask_fails_on_padded_sources_with_the_ma
         ex_training.check_greedy(_greedy(use_source_mask=False))
     assert info.value.message.startswith("case 1")
     assert "make_src_mask(src)" in info.value.hint and "padding" in info.value.hint
+
+
+# --- the chapters' "your turn" cells ------------------------------------------------------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def _stub_cells():
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and source.startswith("# Your turn") and "check(" in source:
+                yield path.stem, source, cell
+
+
+STUBS = list(_stub_cells())
+CALL = re.compile(r'check\("([^"]+)"')
+
+
+@pytest.mark.parametrize("chapter, source, cell", STUBS,
+                         ids=[f"{c}:{'+'.join(CALL.findall(s))}" for c, s, _ in STUBS])
+def test_every_your_turn_cell_calls_a_checker_and_shows_not_implemented_yet(chapter, source, cell):
+    names = CALL.findall(source)
+    assert names and set(names) <= set(available()), names
+    text = "".join("".join(o.get("text", "")) for o in cell["outputs"])
+    assert text == "".join(f"… {name}: {NOT_IMPLEMENTED}\n" for name in names)
+    assert cell["execution_count"] is not None  # nbval compares only executed cells
+
+
+def test_chapters_9b_11b_and_13_have_your_turn_cells_for_their_coding_exercises():
+    called = {(chapter, name) for chapter, source, _ in STUBS for name in CALL.findall(source)}
+    assert {("09b_rnn_translator", "rnn.sequential_steps"), ("09b_rnn_translator", "rnn.luong_attention"),
+            ("11b_small_llm", "llm.kv_cache"), ("11b_small_llm", "llm.rms_norm"), ("11b_small_llm", "llm.rope"),
+            ("11b_small_llm", "llm.repeat_kv"), ("11b_small_llm", "llm.grouped_query_attention"),
+            ("13_paper_revisited", "paper.preln_extra_parameters"),
+            ("13_paper_revisited", "paper.additive_score_terms"), ("13_paper_revisited", "paper.attention_memory"),
+            ("09_inference", "decode.length_penalty"), ("09_inference", "decode.beam_search")} <= called

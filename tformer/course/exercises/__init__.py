@@ -15,6 +15,9 @@ inside the reader's function is reported in one line as theirs.
 Each chapter's checkers live in a module of this package (``attention.py``, ``layers.py``, …)
 that defines ``CHECKS: dict[str, Callable[[Callable], int]]``. A checker receives the reader's
 callable, returns the number of cases it passed, and raises :class:`CheckFailed` otherwise.
+
+Every message exists in English and Chinese (``MESSAGES`` tables, see :mod:`._text`); the verdict
+is printed in the language :func:`._text.language` chooses.
 """
 
 from __future__ import annotations
@@ -25,13 +28,37 @@ import inspect
 import pkgutil
 from collections.abc import Callable
 
-NOT_IMPLEMENTED = "not implemented yet — fill in the function above"
+import torch
+
+from tformer.course.exercises._text import Text, in_language, language, texts
+
+MESSAGES = {
+    "not_implemented": ("not implemented yet — fill in the function above",
+                        "尚未实现——请先补全上面的函数"),
+    "bad_call": ("the checker calls {label}({passed}) but your function is {label}{signature} "
+                 "({error}): change its parameters",
+                 "检查器调用 {label}({passed})，而你的函数是 {label}{signature}（{error}）：请修改它的参数"),
+    "raised": ("your function raised {kind}: {line}", "你的函数抛出了 {kind}：{line}"),
+    "unusable": ("the checker could not use what your function returned ({kind}: {line}); check its "
+                 "type and shape against the exercise",
+                 "检查器无法使用你的函数的返回值（{kind}：{line}）；请对照练习检查它的类型和形状"),
+    "passed": ("all {n} cases pass", "全部 {n} 个用例通过"),
+    "meta": ("your function returned a tensor on the meta device, which holds no values: compute it "
+             "from the inputs", "你的函数返回了 meta 设备上的张量，其中没有数值：请由输入计算结果"),
+    "hint": ("  Hint: {hint}", "  提示：{hint}"),
+}
+say = texts(MESSAGES)
+NOT_IMPLEMENTED = say("not_implemented")
+
+
+__all__ = ["NOT_IMPLEMENTED", "CheckFailed", "Text", "available", "check", "language"]
 
 
 class CheckFailed(AssertionError):
     """A case the reader's function got wrong; ``hint`` points at the likely mistake."""
 
     def __init__(self, message: str, hint: str = "") -> None:
+        # message and hint are Text (English str, Chinese in .zh) or plain str
         super().__init__(message)
         self.message, self.hint = message, hint
 
@@ -88,10 +115,8 @@ def _guarded(fn: Callable) -> Callable:
                 signature.bind(*args, **kwargs)
             except TypeError as error:
                 passed = [_describe_arg(a) for a in args] + [f"{k}=…" for k in kwargs]
-                raise _BadCall(
-                    f"the checker calls {label}({', '.join(passed)}) but your function is "
-                    f"{label}{signature} ({error}): change its parameters"
-                ) from None
+                raise _BadCall(say("bad_call", label=label, passed=", ".join(passed),
+                                   signature=signature, error=error)) from None
         try:
             out = fn(*args, **kwargs)
         except NotImplementedError:
@@ -104,12 +129,14 @@ def _guarded(fn: Callable) -> Callable:
             raise
         if out is None or out is Ellipsis:
             raise _Unfilled
+        if isinstance(out, torch.Tensor) and out.device.type == "meta":
+            raise CheckFailed(say("meta"))
         return out
 
     return call
 
 
-def check(name: str, fn: Callable, *, quiet: bool = False) -> bool:
+def check(name: str, fn: Callable, *, quiet: bool = False, lang: str | None = None) -> bool:
     """Run the checker called ``name`` on the reader's ``fn``; print the verdict and return it.
 
     Every outcome is one printed line (two with a hint), never a traceback: a pass, the first
@@ -117,12 +144,17 @@ def check(name: str, fn: Callable, *, quiet: bool = False) -> bool:
     body of ``...``, a function returning None), what to change when the signature cannot take
     the checker's arguments, or the error the reader's function raised.
 
+    The verdict is in English or Chinese: ``lang`` ("en" or "zh_CN") if given, else the
+    environment variable ``TFORMER_LANG``, else Chinese when the notebook cell being run contains
+    Chinese characters, else English.
+
     Raises:
         TypeError: ``name`` is not a string or ``fn`` is not callable.
         ValueError: no checker has that name (the message lists the valid ones).
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str such as 'attention.scaled_dot_product', got {name!r}")
+    lang = language(lang)
     if not callable(fn):
         raise TypeError(
             f"fn must be a function (callable) to check, got {type(fn).__name__} ({fn!r}); "
@@ -132,30 +164,29 @@ def check(name: str, fn: Callable, *, quiet: bool = False) -> bool:
     if name not in checks:
         raise ValueError(f"no exercise checker named {name!r}; valid names: {', '.join(sorted(checks))}")
 
-    def say(line: str, hint: str = "") -> None:
+    def show(mark: str, line: object, hint: object = "") -> None:
         if not quiet:
-            print(line)
+            print(f"{mark} {name}: {in_language(line, lang)}")
             if hint:
-                print(f"  Hint: {hint}")
+                print(in_language(say("hint", hint=hint), lang))
 
     try:
         passed = checks[name](_guarded(fn))
     except _Unfilled:
-        say(f"… {name}: {NOT_IMPLEMENTED}")
+        show("…", NOT_IMPLEMENTED)
         return False
     except _BadCall as bad:
-        say(f"✗ {name}: {bad}")
+        show("✗", bad.args[0] if bad.args else str(bad))
         return False
     except CheckFailed as failure:
-        say(f"✗ {name}: {failure.message}", failure.hint)
+        show("✗", failure.message, failure.hint)
         return False
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 (the verdict is one line, never a traceback)
         first_line = (str(error).strip().splitlines() or [""])[0]
         if getattr(error, _FROM_READER, False):
-            say(f"✗ {name}: your function raised {type(error).__name__}: {first_line}")
+            show("✗", say("raised", kind=type(error).__name__, line=first_line))
         else:  # the checker could not use what came back (a wrong type or shape it did not foresee)
-            say(f"✗ {name}: the checker could not use what your function returned "
-                f"({type(error).__name__}: {first_line}); check its type and shape against the exercise")
+            show("✗", say("unusable", kind=type(error).__name__, line=first_line))
         return False
-    say(f"✓ {name}: all {passed} cases pass")
+    show("✓", say("passed", n=passed))
     return True

@@ -16,29 +16,107 @@ import torch.nn.functional as F
 from torch import nn
 
 from tformer.course.exercises import CheckFailed
+from tformer.course.exercises._common import COMMON, close, describe, number, short
+from tformer.course.exercises._text import texts
 from tformer.masks import causal_mask, padding_mask
 from tformer.nn.layers import DecoderLayer, EncoderLayer
 from tformer.nn.transformer import Transformer, TransformerConfig, count_parameters
 
-ATOL = 1e-5
+MESSAGES = {
+    "relu": ("FFN(x) = max(0, x W1 + b1) W2 + b2: apply the ReLU between the two linear maps (Eq. 2).",
+             "FFN(x) = max(0, x W1 + b1) W2 + b2：ReLU 放在两个线性变换之间（式 2）。"),
+    "relu_last": ("the ReLU goes after the first linear map, not after the second.",
+                  "ReLU 放在第一个线性变换之后，而不是第二个之后。"),
+    "ffn": ("compute max(0, x @ W1 + b1) @ W2 + b2 with W1 (d_model, d_ff) and W2 (d_ff, d_model).",
+            "计算 max(0, x @ W1 + b1) @ W2 + b2，其中 W1 的形状为 (d_model, d_ff)，W2 为 (d_ff, d_model)。"),
+    "ffn_no_bias": ("add the biases b1 and b2: FFN(x) = max(0, x W1 + b1) W2 + b2.",
+                    "别忘了偏置 b1 和 b2：FFN(x) = max(0, x W1 + b1) W2 + b2。"),
+    "ffn_case": ("case {i} (x {shape}, d_ff={d_ff})", "用例 {i}（x {shape}, d_ff={d_ff}）"),
+    "post": ("post-LN (the paper): x = norm1(x + self_attn(x, x, x, mask)); "
+             "then x = norm2(x + ffn(x)). The LayerNorm comes after each residual sum.",
+             "后置归一化（论文的做法）：x = norm1(x + self_attn(x, x, x, mask))；"
+             "然后 x = norm2(x + ffn(x))。层归一化在每次残差相加之后。"),
+    "pre": ("pre-LN: x = x + self_attn(h, h, h, mask) with h = norm1(x); then x = x + ffn(norm2(x)). "
+            "The LayerNorm is applied to the sub-layer's input only; the residual path stays "
+            "un-normalised.",
+            "前置归一化：x = x + self_attn(h, h, h, mask)，其中 h = norm1(x)；然后 x = x + ffn(norm2(x))。"
+            "层归一化只作用于子层的输入，残差通路不做归一化。"),
+    "got_pre": ("you wrote pre-LN (LayerNorm before the sub-layer); the paper's post-LN normalises "
+                "after the sum.",
+                "你写的是前置归一化（层归一化在子层之前）；论文的后置归一化是在相加之后做归一化。"),
+    "got_post": ("you wrote post-LN (LayerNorm after the sum); pre-LN normalises only the sub-layer's "
+                 "input.", "你写的是后置归一化（层归一化在相加之后）；前置归一化只对子层的输入做归一化。"),
+    "norm_inside": ("you wrote x + LN(Sublayer(x)): the LayerNorm normalises the sub-layer's output "
+                    "before the sum. Post-LN normalises the sum itself, LN(x + Sublayer(x)); pre-LN "
+                    "normalises the input, x + Sublayer(LN(x)).",
+                    "你写的是 x + LN(Sublayer(x))：层归一化作用在子层输出上、相加之前。后置归一化是对和做"
+                    "归一化，LN(x + Sublayer(x))；前置归一化是对输入做归一化，x + Sublayer(LN(x))。"),
+    "no_residual": ("the residual connection is missing: add the sub-layer's input to its output "
+                    "(x + Sublayer(x)).", "缺少残差连接：把子层的输入加到它的输出上（x + Sublayer(x)）。"),
+    "mask": ("pass the mask to self_attn (mask=mask) so padded keys are ignored.",
+             "把掩码传给 self_attn（mask=mask），让填充的键被忽略。"),
+    "enc_case": ("case {i} (B={B}, T={T}, lengths {lengths})", "用例 {i}（B={B}, T={T}，长度 {lengths}）"),
+    "decoder": ("post-LN decoder layer: x = norm1(x + self_attn(x, x, x, tgt_mask)); "
+                "x = norm2(x + cross_attn(x, memory, memory, memory_mask)); x = norm3(x + ffn(x)).",
+                "后置归一化的解码器层：x = norm1(x + self_attn(x, x, x, tgt_mask))；"
+                "x = norm2(x + cross_attn(x, memory, memory, memory_mask))；x = norm3(x + ffn(x))。"),
+    "cross_swapped": ("in cross-attention the queries come from the decoder and the keys and values "
+                      "from the encoder: cross_attn(x, memory, memory), not cross_attn(memory, x, x).",
+                      "交叉注意力的查询来自解码器，键和值来自编码器：cross_attn(x, memory, memory)，"
+                      "而不是 cross_attn(memory, x, x)。"),
+    "no_causal": ("the self-attention needs tgt_mask (the causal mask), or position t sees the future.",
+                  "自注意力需要 tgt_mask（因果掩码），否则位置 t 会看到未来。"),
+    "no_memory_mask": ("the cross-attention needs memory_mask (mask=memory_mask): without it the "
+                       "decoder attends to the padded source positions.",
+                       "交叉注意力需要 memory_mask（mask=memory_mask）：没有它，解码器会关注源句中填充的位置。"),
+    "cross_self": ("the second attention must look at memory (the encoder output), not at x again.",
+                   "第二个注意力应关注 memory（编码器的输出），而不是再次关注 x。"),
+    "dec_case": ("case {i} (T={T} targets, S={S} sources)", "用例 {i}（目标长 T={T}，源长 S={S}）"),
+    "dec_swapped": ("case {i} (T={T} targets, S={S} sources): cross-attention got the encoder output "
+                    "as its queries", "用例 {i}（目标长 T={T}，源长 S={S}）：交叉注意力把编码器的输出当作了查询"),
+    "count": ("add up, per encoder layer: 4 projections of d_model×d_model + d_model (W_Q, W_K, W_V, "
+              "W_O with biases), the FFN 2·d_model·d_ff + d_ff + d_model, two LayerNorms of 2·d_model; "
+              "per decoder layer: two attentions, the FFN, three LayerNorms; plus one vocab×d_model "
+              "embedding (shared and tied) and the output bias (vocab).",
+              "逐项相加。每个编码器层：4 个 d_model×d_model + d_model 的投影（带偏置的 W_Q、W_K、W_V、W_O），"
+              "前馈网络 2·d_model·d_ff + d_ff + d_model，两个各 2·d_model 的层归一化；每个解码器层：两个注意力、"
+              "前馈网络、三个层归一化；再加一个 vocab×d_model 的嵌入（共享且绑定）和输出偏置（vocab）。"),
+    "count_bias": ("you left out the biases (each Linear has out_features of them; each LayerNorm has "
+                   "2·d_model).", "你漏掉了偏置（每个 Linear 有 out_features 个；每个层归一化有 2·d_model 个）。"),
+    "count_tied": ("the tied embedding matrix is one tensor: count vocab × d_model once, not three times.",
+                   "绑定的嵌入矩阵只是一个张量：vocab × d_model 只算一次，而不是三次。"),
+    "count_dec_attn": ("each decoder layer has two attentions (masked self-attention and "
+                       "cross-attention).", "每个解码器层有两个注意力（掩蔽自注意力和交叉注意力）。"),
+    "count_ln": ("do not forget the LayerNorms: 2·d_model parameters each, two per encoder layer, three "
+                 "per decoder layer.",
+                 "别忘了层归一化：每个 2·d_model 个参数，每个编码器层两个，每个解码器层三个。"),
+    "count_out_bias": ("the output projection is tied to the embedding but keeps its own bias: add "
+                       "vocab parameters.", "输出投影与嵌入绑定，但它有自己的偏置：再加上 vocab 个参数。"),
+    "count_heads": ("the h heads do not have their own d_model×d_model projections: W_Q, W_K, W_V and "
+                    "W_O are each one d_model×d_model matrix split into h slices of d_k = d_model/h "
+                    "columns, so do not multiply the attention's parameters by h.",
+                    "h 个头并没有各自的 d_model×d_model 投影：W_Q、W_K、W_V、W_O 各是一个 d_model×d_model 矩阵，"
+                    "切成 h 份、每份 d_k = d_model/h 列，所以注意力的参数不要乘以 h。"),
+    "count_case": ("case {i} (d_model={d}, d_ff={d_ff}, h={h}, N={n}, vocab={vocab}): expected {want:,}, "
+                   "got {got}", "用例 {i}（d_model={d}, d_ff={d_ff}, h={h}, N={n}, vocab={vocab}）："
+                   "应为 {want:,}，实际为 {got}"),
+}
+say = texts(MESSAGES, COMMON)
+
+HINT_RELU, HINT_RELU_LAST, HINT_FFN = say("relu"), say("relu_last"), say("ffn")
+HINT_POST, HINT_PRE, HINT_GOT_PRE, HINT_GOT_POST = say("post"), say("pre"), say("got_pre"), say("got_post")
+HINT_NO_RESIDUAL, HINT_MASK, HINT_NORM_INSIDE = say("no_residual"), say("mask"), say("norm_inside")
+HINT_DECODER, HINT_CROSS_SWAPPED = say("decoder"), say("cross_swapped")
+HINT_NO_CAUSAL, HINT_CROSS_SELF, HINT_NO_MEMORY_MASK = say("no_causal"), say("cross_self"), say("no_memory_mask")
+HINT_COUNT, HINT_BIAS, HINT_TIED = say("count"), say("count_bias"), say("count_tied")
+HINT_DEC_ATTN, HINT_LN = say("count_dec_attn"), say("count_ln")
+HINT_OUT_BIAS, HINT_HEADS = say("count_out_bias"), say("count_heads")
 
 
-def _close(a: object, b: torch.Tensor) -> bool:
-    return (isinstance(a, torch.Tensor) and a.shape == b.shape and bool(torch.isfinite(a).all())
-            and torch.allclose(a.double(), b.double(), atol=ATOL, rtol=1e-4))
-
-
-def _fail(case: str, got: object, want: torch.Tensor, mistakes: dict[str, torch.Tensor], hint: str) -> None:
-    if not isinstance(got, torch.Tensor):
-        raise CheckFailed(f"{case}: expected a torch.Tensor, got {type(got).__name__}", hint)
-    if got.shape != want.shape:
-        raise CheckFailed(f"{case}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}", hint)
-    for mistake_hint, wrong in mistakes.items():
-        if _close(got, wrong):
-            hint = mistake_hint
-            break
-    diff = float((got.double() - want.double()).abs().max())
-    raise CheckFailed(f"{case}: max abs diff {diff:.3g}", hint)
+def _fail(case: str, got: object, want: torch.Tensor, mistakes: dict, hint: str) -> None:
+    if isinstance(got, torch.Tensor) and got.shape == want.shape:
+        hint = next((h for h, wrong in mistakes.items() if close(got, wrong)), hint)
+    raise CheckFailed(say("case_join", case=case, detail=describe(got, want)), hint)
 
 
 def _random_norms(layer: nn.Module, seed: int) -> None:
@@ -53,10 +131,6 @@ def _random_norms(layer: nn.Module, seed: int) -> None:
 
 # --- layers.feed_forward ---------------------------------------------------------------------
 
-HINT_RELU = "FFN(x) = max(0, x W1 + b1) W2 + b2: apply the ReLU between the two linear maps (Eq. 2)."
-HINT_RELU_LAST = "the ReLU goes after the first linear map, not after the second."
-HINT_FFN = "compute max(0, x @ W1 + b1) @ W2 + b2 with W1 (d_model, d_ff) and W2 (d_ff, d_model)."
-
 
 def check_feed_forward(fn: Callable) -> int:
     """``fn(x, W1, b1, W2, b2)`` with x (..., d_model), W1 (d_model, d_ff) → (..., d_model)."""
@@ -69,22 +143,14 @@ def check_feed_forward(fn: Callable) -> int:
         w2, b2 = torch.randn(d_ff, d, generator=g) / d_ff**0.5, torch.randn(d, generator=g)
         want = F.relu(x @ w1 + b1) @ w2 + b2
         got = fn(x.clone(), w1.clone(), b1.clone(), w2.clone(), b2.clone())
-        if not _close(got, want):
-            mistakes = {HINT_RELU: (x @ w1 + b1) @ w2 + b2, HINT_RELU_LAST: F.relu((x @ w1 + b1) @ w2 + b2)}
-            _fail(f"case {i} (x {shape}, d_ff={d_ff})", got, want, mistakes, HINT_FFN)
+        if not close(got, want):
+            mistakes = {HINT_RELU: (x @ w1 + b1) @ w2 + b2, HINT_RELU_LAST: F.relu((x @ w1 + b1) @ w2 + b2),
+                        say("ffn_no_bias"): F.relu(x @ w1) @ w2}
+            _fail(say("ffn_case", i=i, shape=shape, d_ff=d_ff), got, want, mistakes, HINT_FFN)
     return len(cases)
 
 
 # --- layers.encoder_layer_post_ln / _pre_ln ----------------------------------------------------
-
-HINT_POST = ("post-LN (the paper): x = norm1(x + self_attn(x, x, x, mask)); "
-             "then x = norm2(x + ffn(x)). The LayerNorm comes after each residual sum.")
-HINT_PRE = ("pre-LN: x = x + self_attn(h, h, h, mask) with h = norm1(x); then x = x + ffn(norm2(x)). "
-            "The LayerNorm is applied to the sub-layer's input only; the residual path stays un-normalised.")
-HINT_GOT_PRE = "you wrote pre-LN (LayerNorm before the sub-layer); the paper's post-LN normalises after the sum."
-HINT_GOT_POST = "you wrote post-LN (LayerNorm after the sum); pre-LN normalises only the sub-layer's input."
-HINT_NO_RESIDUAL = "the residual connection is missing: add the sub-layer's input to its output (x + Sublayer(x))."
-HINT_MASK = "pass the mask to self_attn (mask=mask) so padded keys are ignored."
 
 
 def _encoder_variants(layer: EncoderLayer, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -93,11 +159,16 @@ def _encoder_variants(layer: EncoderLayer, x: torch.Tensor, mask: torch.Tensor) 
     post = n2(post + f(post))
     h = x + a(n1(x), n1(x), n1(x), mask=mask)
     pre = h + f(n2(h))
+    inside = x + n1(a(x, x, x, mask=mask))
+    inside = inside + n2(f(inside))
     no_res = n1(a(x, x, x, mask=mask))
     no_res = n2(f(no_res))
     no_mask = n1(x + a(x, x, x))
     no_mask = n2(no_mask + f(no_mask))
-    return {"post": post, "pre": pre, "no_res": no_res, "no_mask": no_mask}
+    h = x + a(n1(x), n1(x), n1(x))
+    pre_no_mask = h + f(n2(h))
+    return {"post": post, "pre": pre, "inside": inside, "no_res": no_res,
+            "no_mask": pre_no_mask if layer.norm_first else no_mask}
 
 
 def _check_encoder_layer(fn: Callable, norm_first: bool) -> int:
@@ -111,12 +182,12 @@ def _check_encoder_layer(fn: Callable, norm_first: bool) -> int:
         with torch.no_grad():
             want = layer(x, mask)
             got = fn(layer, x.clone(), mask)
-        if not _close(got, want):
+        if not close(got, want):
             with torch.no_grad():
                 v = _encoder_variants(layer, x, mask)
             mistakes = {HINT_GOT_PRE if not norm_first else HINT_GOT_POST: v["post" if norm_first else "pre"],
-                        HINT_NO_RESIDUAL: v["no_res"], HINT_MASK: v["no_mask"]}
-            _fail(f"case {i} (B={B}, T={T}, lengths {lengths})", got, want, mistakes,
+                        HINT_NORM_INSIDE: v["inside"], HINT_NO_RESIDUAL: v["no_res"], HINT_MASK: v["no_mask"]}
+            _fail(say("enc_case", i=i, B=B, T=T, lengths=lengths), got, want, mistakes,
                   HINT_PRE if norm_first else HINT_POST)
     return len(cases)
 
@@ -133,13 +204,6 @@ def check_encoder_layer_pre_ln(fn: Callable) -> int:
 
 # --- layers.decoder_layer -------------------------------------------------------------------
 
-HINT_DECODER = ("post-LN decoder layer: x = norm1(x + self_attn(x, x, x, tgt_mask)); "
-                "x = norm2(x + cross_attn(x, memory, memory, memory_mask)); x = norm3(x + ffn(x)).")
-HINT_CROSS_SWAPPED = ("in cross-attention the queries come from the decoder and the keys and values "
-                      "from the encoder: cross_attn(x, memory, memory), not cross_attn(memory, x, x).")
-HINT_NO_CAUSAL = "the self-attention needs tgt_mask (the causal mask), or position t sees the future."
-HINT_CROSS_SELF = "the second attention must look at memory (the encoder output), not at x again."
-
 
 def _call_watching_cross_attention(fn: Callable, layer: DecoderLayer, x, memory, tgt_mask,
                                    memory_mask) -> tuple[object, bool]:
@@ -154,7 +218,7 @@ def _call_watching_cross_attention(fn: Callable, layer: DecoderLayer, x, memory,
     def hook(module, args, kwargs):
         query = args[0] if args else kwargs.get("query")
         key = args[1] if len(args) > 1 else kwargs.get("key")
-        if isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor):
+        if isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor) and query.dim() > 1:
             seen.append(query.shape[1] == S and key.shape[1] == T)
 
     handle = layer.cross_attn.register_forward_pre_hook(hook, with_kwargs=True)
@@ -169,6 +233,14 @@ def _call_watching_cross_attention(fn: Callable, layer: DecoderLayer, x, memory,
     return got, bool(seen and seen[0])
 
 
+def _decoder_variant(layer: DecoderLayer, x, self_mask, memory, cross_mask) -> torch.Tensor:
+    """The post-LN decoder layer with the given masks; ``memory=None`` attends to x again."""
+    y = layer.norm1(x + layer.self_attn(x, x, x, mask=self_mask))
+    kv = y if memory is None else memory
+    z = layer.norm2(y + layer.cross_attn(y, kv, kv, mask=cross_mask))
+    return layer.norm3(z + layer.ffn(z))
+
+
 def check_decoder_layer(fn: Callable) -> int:
     """``fn(layer, x, memory, tgt_mask, memory_mask)``: the post-LN decoder layer (dropout off)."""
     cases = [(2, 4, 6, 16, 4), (1, 5, 3, 8, 2), (3, 3, 5, 16, 2)]
@@ -179,48 +251,33 @@ def check_decoder_layer(fn: Callable) -> int:
         x, memory = torch.randn(B, T, d), torch.randn(B, S, d)
         tgt_mask = causal_mask(T)
         memory_mask = padding_mask([S - j % S for j in range(B)], max_len=S)
-        sa, ca, f = layer.self_attn, layer.cross_attn, layer.ffn
-        n1, n2, n3 = layer.norm1, layer.norm2, layer.norm3
         with torch.no_grad():
             want = layer(x, memory, tgt_mask, memory_mask)
             got, swapped = _call_watching_cross_attention(fn, layer, x, memory, tgt_mask, memory_mask)
         if swapped:
-            raise CheckFailed(f"case {i} (T={T} targets, S={S} sources): cross-attention got the "
-                              "encoder output as its queries", HINT_CROSS_SWAPPED)
-        if not _close(got, want):
+            raise CheckFailed(say("dec_swapped", i=i, T=T, S=S), HINT_CROSS_SWAPPED)
+        if not close(got, want):
             with torch.no_grad():
-                y = n1(x + sa(x, x, x, mask=None))
-                z = n2(y + ca(y, memory, memory, mask=memory_mask))
-                no_causal = n3(z + f(z))
-                y = n1(x + sa(x, x, x, mask=tgt_mask))
-                z = n2(y + ca(y, y, y, mask=tgt_mask))
-                cross_self = n3(z + f(z))
-            mistakes = {HINT_NO_CAUSAL: no_causal, HINT_CROSS_SELF: cross_self}
+                mistakes = {HINT_NO_CAUSAL: _decoder_variant(layer, x, None, memory, memory_mask),
+                            HINT_NO_MEMORY_MASK: _decoder_variant(layer, x, tgt_mask, memory, None),
+                            HINT_CROSS_SELF: _decoder_variant(layer, x, tgt_mask, None, tgt_mask)}
             hint = HINT_DECODER
             if isinstance(got, torch.Tensor) and got.shape == (B, S, d) and S != T:
                 hint = HINT_CROSS_SWAPPED
-            _fail(f"case {i} (T={T} targets, S={S} sources)", got, want, mistakes, hint)
+            _fail(say("dec_case", i=i, T=T, S=S), got, want, mistakes, hint)
     return len(cases)
 
 
 # --- model.parameter_count --------------------------------------------------------------------
 
-HINT_COUNT = ("add up, per encoder layer: 4 projections of d_model×d_model + d_model (W_Q, W_K, W_V, "
-              "W_O with biases), the FFN 2·d_model·d_ff + d_ff + d_model, two LayerNorms of 2·d_model; "
-              "per decoder layer: two attentions, the FFN, three LayerNorms; plus one vocab×d_model "
-              "embedding (shared and tied) and the output bias (vocab).")
-HINT_BIAS = "you left out the biases (each Linear has out_features of them; each LayerNorm has 2·d_model)."
-HINT_TIED = "the tied embedding matrix is one tensor: count vocab × d_model once, not three times."
-HINT_DEC_ATTN = "each decoder layer has two attentions (masked self-attention and cross-attention)."
-HINT_LN = "do not forget the LayerNorms: 2·d_model parameters each, two per encoder layer, three per decoder layer."
 
-
-def _count_terms(d: int, d_ff: int, n: int, vocab: int) -> dict[str, int]:
+def _count_terms(d: int, d_ff: int, h: int, n: int, vocab: int) -> dict:
     attn, ffn, ln = 4 * (d * d + d), 2 * d * d_ff + d_ff + d, 2 * d
     right = vocab * d + n * (attn + ffn + 2 * ln) + n * (2 * attn + ffn + 3 * ln) + vocab
     no_bias = vocab * d + n * (4 * d * d + 2 * d * d_ff) + n * (8 * d * d + 2 * d * d_ff)
-    return {"right": right, HINT_BIAS: no_bias, HINT_TIED: right + 2 * vocab * d,
-            HINT_DEC_ATTN: right - n * attn, HINT_LN: right - 5 * n * ln}
+    return {HINT_BIAS: no_bias, HINT_TIED: right + 2 * vocab * d, HINT_DEC_ATTN: right - n * attn,
+            HINT_LN: right - 5 * n * ln, HINT_OUT_BIAS: right - vocab,
+            HINT_HEADS: right + 3 * n * attn * (h - 1)}
 
 
 @functools.cache
@@ -237,14 +294,12 @@ def check_parameter_count(fn: Callable) -> int:
     cases = [(512, 2048, 8, 6, 37000), (1024, 4096, 16, 6, 37000), (64, 256, 4, 2, 1000), (32, 48, 2, 3, 17)]
     for i, (d, d_ff, h, n, vocab) in enumerate(cases, start=1):
         want = _reference_count(d, d_ff, h, n, vocab)
-        got = fn(d, d_ff, h, n, vocab)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = int(got.item())
+        out = fn(d, d_ff, h, n, vocab)
+        got = number(out)
         if got != want:
-            terms = _count_terms(d, d_ff, n, vocab)
-            hint = next((k for k, v in terms.items() if k != "right" and v == got), HINT_COUNT)
-            raise CheckFailed(f"case {i} (d_model={d}, d_ff={d_ff}, h={h}, N={n}, vocab={vocab}): "
-                              f"expected {want:,}, got {got!r}", hint)
+            hint = next((k for k, v in _count_terms(d, d_ff, h, n, vocab).items() if v == got), HINT_COUNT)
+            raise CheckFailed(say("count_case", i=i, d=d, d_ff=d_ff, h=h, n=n, vocab=vocab, want=want,
+                                  got=short(out)), hint)
     return len(cases)
 
 
