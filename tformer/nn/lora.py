@@ -73,6 +73,7 @@ class LoRALinear(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
+        """Rank, α and whether the adapter is merged, for ``print(model)``."""
         return f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
 
 
