@@ -443,3 +443,12 @@ def test_a_damaged_adapter_file_is_refused_before_the_model_changes(saved):
     with pytest.raises(ValueError, match="damaged"):
         load_lora(model, saved)
     assert lora_layers(model) == {} and all(p.requires_grad for p in model.parameters())
+
+
+def test_a_config_whose_module_list_is_not_names_and_shapes_is_refused(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg["lora"]["modules"] = {"blocks.0.attn.w_q": "32x32"}
+    (saved / "state.json").unlink()  # an unchecked config, as written by hand
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"'lora' entry must map module names to \[in_features, out_features\]"):
+        load_lora(tiny_llama(), saved)

@@ -106,7 +106,12 @@ def load_lora(model: nn.Module, path: str | os.PathLike) -> list[str]:
     if not isinstance(cfg.get("lora"), dict):
         raise ValueError(f"path={str(path)!r} holds a model checkpoint, not a LoRA adapter")
     saved = _checks.config_from_dict(_AdapterConfig, cfg["model"])
-    modules = {name: tuple(shape) for name, shape in cfg["lora"]["modules"].items()}
+    modules = cfg["lora"].get("modules")
+    if not (isinstance(modules, dict) and modules and all(
+            isinstance(s, list) and len(s) == 2 and all(type(n) is int for n in s) for s in modules.values())):
+        raise ValueError(f"path={str(path)!r}: config.json's 'lora' entry must map module names to "
+                         f"[in_features, out_features], got {str(modules)[:200]}")
+    modules = {name: tuple(shape) for name, shape in modules.items()}
     if saved.base != base_fingerprint(model):
         raise ValueError(f"path={str(path)!r} holds an adapter for the model {saved.base}, but model is "
                          f"{base_fingerprint(model)} (another class or config)")
