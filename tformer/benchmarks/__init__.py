@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, str] = {
     "kv_cache": "tformer.benchmarks.kv_cache",
     "gpt": "tformer.benchmarks.gpt",
     "translation": "tformer.benchmarks.translation",
+    "precision": "tformer.benchmarks.precision",
     "smollm2": "tformer.benchmarks.smollm2",
 }
 
