@@ -208,3 +208,20 @@ def test_the_cli_takes_precision_and_rejects_bf16_without_hardware(hardware, tmp
         main(["train", "--out", str(tmp_path / "p"), "--precision", "fp16"])
     assert stop.value.code == 2
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_under_cpu_autocast_the_fused_attention_kernel_runs_in_float32():
+    # PyTorch's bfloat16 flash-attention backward on the CPU is several times slower than float32;
+    # the products around it (projections, FFN) stay bfloat16
+    from tformer.nn.attention import fused_attention
+
+    q, k, v = (torch.randn(2, 2, 5, 8).bfloat16().requires_grad_() for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()
+    with runtime.autocast_context("cpu", torch.bfloat16):
+        out = fused_attention(q, k, v, mask)
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert out.dtype == torch.float32 and torch.equal(out, want)
+    out.sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()
+    plain = fused_attention(q.detach(), k.detach(), v.detach(), mask)  # no autocast: the inputs' dtype
+    assert plain.dtype == torch.bfloat16

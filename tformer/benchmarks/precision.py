@@ -13,7 +13,11 @@ the same batches:
 The two precisions take turns in chunks of steps (which one goes first alternates too), so a
 change in machine load hits both; the speed-up is the median over the rounds of the float32 chunk's
 time over the bfloat16 chunk's, with its quartiles; the first round of each is a warm-up and not
-counted.
+counted. With one torch thread the times are the process's CPU time (``time.process_time``): on a
+machine shared with other work, wall-clock time also counts the moments other processes held the
+core, which made single steps vary by a factor of two here, while CPU time counts only this
+process's arithmetic. With several threads, idle threads spin and inflate CPU time, so wall-clock
+time is used instead.
 
 FLOP utilisation divides the model FLOPs of a step by its median time and by the matmul peaks
 measured in the same run: the best rate of an n×n ``torch.mm`` over a few sizes, in float32 and
@@ -32,6 +36,7 @@ import copy
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -56,17 +61,26 @@ from tformer.training.optim import (
 PRECISIONS = {"float32": torch.float32, "bf16": torch.bfloat16}
 
 
+def clock() -> tuple[str, Callable[[], float]]:
+    """``("CPU time", time.process_time)`` with one torch thread, else ``("wall-clock time",
+    time.perf_counter)`` (see the module docstring)."""
+    if torch.get_num_threads() == 1:
+        return "CPU time", time.process_time
+    return "wall-clock time", time.perf_counter
+
+
 def matmul_peaks(sizes: tuple[int, ...], repeats: int) -> dict[str, tuple[float, int]]:
     """``{"float32"|"bf16": (best FLOP/s, the n that gave it)}``: the best of ``repeats`` n×n
     ``torch.mm`` per size, the two dtypes timed alternately (bfloat16 inputs, no conversion)."""
+    now = clock()[1]
     best = {name: (0.0, 0) for name in PRECISIONS}
     for n in sizes:
         mats = {name: (torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)) for name, dt in PRECISIONS.items()}
         for i in range(repeats + 1):  # round 0 warms the kernels up
             for name, (a, b) in mats.items():
-                t0 = time.perf_counter()
+                t0 = now()
                 torch.mm(a, b)
-                rate = 2 * n**3 / (time.perf_counter() - t0)
+                rate = 2 * n**3 / max(now() - t0, 1e-9)
                 if i and rate > best[name][0]:
                     best[name] = (rate, n)
     return best
@@ -95,11 +109,12 @@ class _Run:
         self.precision, self.state, self.chunks = precision, TrainState(), []
 
     def train(self, steps: int) -> None:
-        t0 = time.perf_counter()
+        now = clock()[1]
+        t0 = now()
         train_epoch(self.model, self.batches, self.loss_fn, self.optimizer, self.scheduler,
                     clip_norm=self.clip, precision=self.precision, state=self.state,
                     max_steps=self.state.step + steps, progress=False)
-        self.chunks.append((time.perf_counter() - t0) / steps)
+        self.chunks.append((now() - t0) / steps)
 
 
 def _race(model, make_optimizer, batches, loss_fn, clip_norm, chunk, rounds) -> dict[str, _Run]:
@@ -134,7 +149,9 @@ def _summarise(name: str, runs: dict[str, _Run], flops_per_step: float, peaks: d
     return metrics, rows
 
 
-def _translation(quick: bool, chunk: int, rounds: int):
+def _translation(quick: bool, chunk: int, rounds: int, repeat: int = 4):
+    """The Tatoeba recipe raced twice: on fresh batches, as a run sees them (every batch has its own
+    lengths, so its matrices their own shapes), and on ``repeat`` batches cycled (shapes repeat)."""
     source = "builtin" if quick else "tatoeba"
     s = Settings.for_data(source, **({"batch_tokens": 200} if quick else {}))
     splits = load_data(source, log=lambda _m: None)
@@ -142,17 +159,21 @@ def _translation(quick: bool, chunk: int, rounds: int):
     tok = Tokenizers.build(splits["train"], kind, bpe_vocab_size=size or 8000, min_freq=s.min_freq)
     torch.manual_seed(0)
     model = Transformer(s.model_config(len(tok.src_vocab), len(tok.tgt_vocab), tok.src_vocab.pad_id))
-    batches = tok.batches(splits["train"], max_tokens=s.batch_tokens, max_len=model.config.max_len - 1,
-                          shuffle=True, seed=0)[: chunk * (rounds + 1)]
+    n = chunk * (rounds + 1)
+    fresh = tok.batches(splits["train"], max_tokens=s.batch_tokens, max_len=model.config.max_len - 1,
+                        shuffle=True, seed=0)[:n]
+    cycled = (fresh[:repeat] * n)[:n]
 
     def optimizer(m):
         opt = make_optimizer(m)
         return opt, noam_scheduler(opt, m.config.d_model, s.warmup, s.lr_factor)
 
     loss_fn = LabelSmoothingLoss(s.smoothing, ignore_index=tok.tgt_vocab.pad_id)
-    runs = _race(model, optimizer, batches, loss_fn, s.clip_norm, chunk, rounds)
-    flops = statistics.mean(translation_flops(model, b) for b in batches)
-    return runs, flops, f"Tatoeba recipe ({'built-in corpus, ' if quick else ''}d_model 128, 2+2 layers)"
+    out = []
+    for batches in (fresh, cycled):
+        runs = _race(model, optimizer, batches, loss_fn, s.clip_norm, chunk, rounds)
+        out.append((runs, statistics.mean(translation_flops(model, b) for b in batches)))
+    return out, f"Tatoeba recipe ({'built-in corpus, ' if quick else ''}d_model 128, 2+2 layers)"
 
 
 def _char_gpt(quick: bool, chunk: int, rounds: int):
@@ -178,13 +199,15 @@ def run(quick: bool = False) -> dict:
     load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
     sizes, repeats = ((128, 256), 2) if quick else ((512, 1024, 2048), 5)
     peaks = matmul_peaks(sizes, repeats)
-    tr_runs, tr_flops, tr_name = _translation(quick, 2 if quick else 4, 2 if quick else 16)
+    ((tr_runs, tr_flops), (cy_runs, cy_flops)), tr_name = _translation(quick, 2 if quick else 4,
+                                                                         2 if quick else 12)
     load += [os.getloadavg()[0]] if load else []
-    gpt_runs, gpt_flops, gpt_name = _char_gpt(quick, 2 if quick else 8, 2 if quick else 16)
+    gpt_runs, gpt_flops, gpt_name = _char_gpt(quick, 2 if quick else 8, 2 if quick else 12)
     peaks_after = matmul_peaks(sizes, repeats)
     peaks = {k: max(peaks[k], peaks_after[k]) for k in peaks}  # before and after: the better of the two
     load += [os.getloadavg()[0]] if load else []
     tr_metrics, tr_rows = _summarise("translation", tr_runs, tr_flops, peaks)
+    cy_metrics, cy_rows = _summarise("translation, 4 batches repeated", cy_runs, cy_flops, peaks)
     gpt_metrics, gpt_rows = _summarise("char GPT", gpt_runs, gpt_flops, peaks)
     info = machine_info()
     cores = info.get("usable_cores", info.get("cores", 1))
@@ -196,6 +219,12 @@ def run(quick: bool = False) -> dict:
         f"{bf16_speedup('cpu'):.1f}× as fast as in float32 on one thread)"
     )
     slower = [n for n, m in (("translation", tr_metrics), ("char GPT", gpt_metrics)) if m["speedup"] < 1]
+    verdict += (
+        f". On fresh batches, whose lengths give every step matrices of new shapes, the translator "
+        f"gains {tr_metrics['speedup']:.2f}×; cycling 4 batches, so that the shapes repeat, it gains "
+        f"{cy_metrics['speedup']:.2f}×: oneDNN prepares a bfloat16 kernel for every new matrix shape, "
+        "which float32 does not need, so padding batch lengths to fewer distinct values would help"
+    )
     if slower:
         verdict += f"; bfloat16 was slower than float32 for {', '.join(slower)}: train those in float32 here"
     shared = ""
@@ -205,6 +234,7 @@ def run(quick: bool = False) -> dict:
                   "idle machine and noisier; the speed-ups compare chunks taken alternately, so both "
                   "precisions saw the same load.")
     metrics = {**{f"translation_{k}": v for k, v in tr_metrics.items()},
+               **{f"translation_repeated_{k}": v for k, v in cy_metrics.items()},
                **{f"gpt_{k}": v for k, v in gpt_metrics.items()},
                "peak_f32_gflops": peaks["float32"][0] / 1e9, "peak_bf16_gflops": peaks["bf16"][0] / 1e9,
                "translation_mflop_per_step": tr_flops / 1e6, "gpt_mflop_per_step": gpt_flops / 1e6,
@@ -221,7 +251,7 @@ def run(quick: bool = False) -> dict:
             f"{peaks['bf16'][0] / 1e9:.0f} GFLOP/s)"
         ),
         "hardware_note": (
-            f"Absolute times on {describe_machine(info)}. Workloads: {tr_name}, {len(tr_runs['bf16'].chunks) - 1} "
+            f"Absolute times on {describe_machine(info)}, measured as {clock()[0]}. Workloads: {tr_name}, {len(tr_runs['bf16'].chunks) - 1} "
             f"rounds of {len(tr_runs['bf16'].state.history['step_loss']) // len(tr_runs['bf16'].chunks)} steps per "
             f"precision, {tr_flops / 1e9:.2f} GFLOP per step; {gpt_name}, "
             f"{len(gpt_runs['bf16'].chunks) - 1} rounds of "
@@ -235,7 +265,7 @@ def run(quick: bool = False) -> dict:
             f"turns it on) until the Tatoeba recipe is re-tuned under bfloat16.{shared}"
         ),
         "metrics": metrics,
-        "table": tr_rows + gpt_rows,
+        "table": tr_rows + cy_rows + gpt_rows,
     }
 
 
