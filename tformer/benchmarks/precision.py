@@ -222,8 +222,9 @@ def run(quick: bool = False) -> dict:
     verdict += (
         f". On fresh batches, whose lengths give every step matrices of new shapes, the translator "
         f"gains {tr_metrics['speedup']:.2f}×; cycling 4 batches, so that the shapes repeat, it gains "
-        f"{cy_metrics['speedup']:.2f}×: oneDNN prepares a bfloat16 kernel for every new matrix shape, "
-        "which float32 does not need, so padding batch lengths to fewer distinct values would help"
+        f"{cy_metrics['speedup']:.2f}×; the likely cause is that the bfloat16 products run through "
+        "oneDNN, which builds (and caches) a kernel for every new matrix shape, so batch lengths "
+        "padded to fewer distinct values should help"
     )
     if slower:
         verdict += f"; bfloat16 was slower than float32 for {', '.join(slower)}: train those in float32 here"
