@@ -49,11 +49,11 @@ def test_an_open_hypothesis_at_the_cap_cannot_beat_a_finished_one():
     model = TableModel({BOS: {A: 0.55, B: 0.45}, A: {A: 0.95, EOS: 0.05}, B: {EOS: 0.9, B: 0.1}})
     src = torch.tensor([[5, 6]])
     # by hand, beam 2, α = 0: step 1 keeps [a] .55, [b] .45 open; step 2's four best candidates
-    # are [a a] .5225, [b <eos>] .405, [b b] .045, [a <eos>] .0275: two finished (beam 2 is then
-    # done) and [a a] open. [a a] (and at the cap [a a a] .496) scores higher only because it
-    # never paid for ending: the finished [b <eos>] wins.
+    # are [a a] .5225, [b <eos>] .405, [b b] .045, [a <eos>] .0275: [b <eos>] and [a <eos>] finish,
+    # [a a] (which could still beat them) and [b b] stay open; step 3, the cap, ends with [a a a]
+    # .496 open. [a a a] scores higher only because it never paid for ending: [b <eos>] wins.
     out = beam_search(model, src, beam_size=2, max_len=3, alpha=0.0, bos_id=BOS, eos_id=EOS)
-    assert out.tolist() == [[B, EOS]]
+    assert out.tolist() == [[B, EOS, PAD]]
     # with room to end naturally, the same table gives the same answer
     out = beam_search(model, src, beam_size=2, max_len=10, alpha=0.0, bos_id=BOS, eos_id=EOS)
     assert out[0, :2].tolist() == [B, EOS]

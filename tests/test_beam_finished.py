@@ -159,17 +159,18 @@ def reference_beam(model: StepTable, k: int, max_len: int, alpha: float):
             seq += (int(model.table(len(seq))[seq[-1] if seq else BOS].argmax()),)
         return seq, ([(seq, model.logprob(seq) / lp(len(seq), alpha))] if seq[-1] == EOS else [])
     V = model.config.tgt_vocab_size
-    beams, finished = [((), 0.0)], []
+    beams, finished, counted = [((), 0.0)], [], 0
     for t in range(max_len):
         cands = [(seq + (tok,), s + model.logprob(seq + (tok,)) - model.logprob(seq))
                  for seq, s in beams for tok in range(V)]
         cands = sorted(cands, key=lambda c: -c[1])[: 2 * k]
         finished += [(seq, s / lp(t + 1, alpha)) for seq, s in cands if seq[-1] == EOS and s > -math.inf]
+        counted += sum(seq[-1] == EOS for seq, _ in cands[:k])  # fairseq's count: ranked within k
         beams = [(seq, s) for seq, s in cands if seq[-1] != EOS][:k]
         if t + 1 == max_len:
             break
         best = max((s for _, s in finished), default=-math.inf)
-        if len(finished) >= k or best >= max(s for _, s in beams) / lp(max_len, alpha):
+        if counted >= k or best >= max(s for _, s in beams) / lp(max_len, alpha):
             break
     if finished:
         return max(finished, key=lambda f: f[1])[0], finished

@@ -295,8 +295,10 @@ def beam_search(
       least k: each open hypothesis adds at most one <eos>), so a finished hypothesis never takes
       an open slot and an open one never pushes a finished one out.
 
-    A sentence is done when it holds k finished hypotheses (fairseq's rule) or when no open
-    hypothesis can still beat its best finished one. That bound is exact: every further token
+    A sentence is done when k of its hypotheses have finished within the first k candidates of
+    their step (fairseq's rule; an <eos> ranked below k is kept but does not count, so a few
+    unlikely endings cannot stop the search early) or when no open hypothesis can still beat its
+    best finished one. That bound is exact: every further token
     multiplies the probability by at most 1, so an open hypothesis with log-probability ℓ ≤ 0
     ends with some ℓ' ≤ ℓ at a length L' ≤ ``max_len``, and since lp grows with the length for
     α ≥ 0, its score is ℓ' / lp(L') ≤ ℓ / lp(L') ≤ ℓ / lp(``max_len``). The search stops when every
@@ -341,7 +343,7 @@ def beam_search(
             beam, tok = idx // V, idx % V
             # finished: every candidate that ends in <eos>, in a sentence still searching
             ends = (tok == eos_id) & torch.isfinite(vals) & ~done[:, None]  # (B, 2k)
-            n_done += ends.sum(dim=1)
+            n_done += ends[:, :k].sum(dim=1)  # only those a beam of k would have held count
             final = (vals / lp(t + 1)).masked_fill(~ends, float("-inf"))  # (B, 2k)
             top, pos = final.max(dim=1)  # (B,)
             better = top > best_done
