@@ -364,3 +364,24 @@ def test_matmul_peaks_time_both_dtypes():
     peaks = matmul_peaks((32, 64), 1)
     assert set(peaks) == {"float32", "bf16"}
     assert all(rate > 0 and n in (32, 64) for rate, n in peaks.values())
+
+
+def test_precision_reaches_the_benchmarks_that_take_one(monkeypatch, tmp_path):
+    seen = []
+
+    def trains(quick: bool = False, precision: str = "float32") -> dict:
+        seen.append(("trains", precision))
+        return {"title": "t", "summary": "s", "metrics": {}, "table": []}
+
+    def times(quick: bool = False) -> dict:
+        seen.append(("times", None))
+        return {"title": "t", "summary": "s", "metrics": {}, "table": []}
+
+    monkeypatch.setitem(sys.modules, "fakebench_trains", _fake_module("fakebench_trains", trains))
+    monkeypatch.setitem(sys.modules, "fakebench_times", _fake_module("fakebench_times", times))
+    monkeypatch.setattr(bench, "BENCHMARKS", {"trains": "fakebench_trains", "times": "fakebench_times"})
+    assert bench.main(["--precision", "bf16", "--out", str(tmp_path / "r.json")]) == 0
+    assert bench.main(["--out", str(tmp_path / "r.json")]) == 0
+    assert seen == [("trains", "bf16"), ("times", None), ("trains", "float32"), ("times", None)]
+    with pytest.raises(SystemExit):
+        bench.main(["--precision", "fp16"])
