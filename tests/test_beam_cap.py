@@ -48,9 +48,10 @@ def test_an_open_hypothesis_at_the_cap_cannot_beat_a_finished_one():
     # after <bos>: "a" 0.55, "b" 0.45; "a" repeats itself (0.95) and rarely ends (0.05); "b" ends (0.9).
     model = TableModel({BOS: {A: 0.55, B: 0.45}, A: {A: 0.95, EOS: 0.05}, B: {EOS: 0.9, B: 0.1}})
     src = torch.tensor([[5, 6]])
-    # by hand, beam 2, α = 0: step 1 keeps [a] .55, [b] .45; step 2 keeps [a a] .5225 (open) and
-    # [b <eos>] .405 (finished); step 3, the cap, keeps [a a a] .496 (open) and [b <eos>] .405.
-    # [a a a] scores higher only because it never paid for ending: the finished [b <eos>] wins.
+    # by hand, beam 2, α = 0: step 1 keeps [a] .55, [b] .45 open; step 2's four best candidates
+    # are [a a] .5225, [b <eos>] .405, [b b] .045, [a <eos>] .0275: [b <eos>] and [a <eos>] finish,
+    # [a a] (which could still beat them) and [b b] stay open; step 3, the cap, ends with [a a a]
+    # .496 open. [a a a] scores higher only because it never paid for ending: [b <eos>] wins.
     out = beam_search(model, src, beam_size=2, max_len=3, alpha=0.0, bos_id=BOS, eos_id=EOS)
     assert out.tolist() == [[B, EOS, PAD]]
     # with room to end naturally, the same table gives the same answer
@@ -66,10 +67,13 @@ def test_a_finished_hypothesis_wins_even_with_a_much_lower_score():
 
 
 def test_when_nothing_finishes_the_best_open_hypothesis_is_returned():
-    model = TableModel({BOS: {A: 0.7, B: 0.3}, A: {A: 0.8, B: 0.2}, B: {A: 0.6, B: 0.4}})
+    # <eos> (1e-12) ranks below every other token, so it never enters the 2k = 4 best candidates:
+    # nothing finishes (with V = 5, a beam of 3 would rank every candidate of step 1, <eos> too)
+    model = TableModel({BOS: {A: 0.7, B: 0.3, EOS: 1e-12}, A: {A: 0.8, B: 0.2, EOS: 1e-12},
+                        B: {A: 0.6, B: 0.4, EOS: 1e-12}})
     src = torch.tensor([[5], [6]])
     for max_len in (1, 2, 5):
-        out = beam_search(model, src, beam_size=3, max_len=max_len, alpha=0.6, bos_id=BOS, eos_id=EOS)
+        out = beam_search(model, src, beam_size=2, max_len=max_len, alpha=0.6, bos_id=BOS, eos_id=EOS)
         assert out.tolist() == [[A] * max_len] * 2  # the most probable path, cut at the cap
 
 

@@ -316,3 +316,72 @@ def test_smollm2_quick_benchmark_generates_the_same_tokens_as_transformers():
     assert m["tokens_per_s_tformer"] > 0 and m["ratio"] == pytest.approx(
         m["tokens_per_s_tformer"] / m["tokens_per_s_transformers"])
     json.dumps(res)
+
+
+# ----------------------------------------------------------------------------- mixed precision
+
+
+def test_translation_flops_count_six_per_weight_per_token_plus_attention():
+    from tformer.benchmarks.precision import translation_flops
+    from tformer.data.batches import Batch
+    from tformer.nn.transformer import Transformer, TransformerConfig
+
+    d, f, V = 8, 16, 11
+    model = Transformer(TransformerConfig(13, V, d_model=d, num_heads=2, num_encoder_layers=1,
+                                          num_decoder_layers=1, dim_feedforward=f, max_len=16))
+    # by hand: an encoder layer holds 4 projections (d² + d each), the FFN (2·d·f + f + d) and two
+    # LayerNorms (2·d each) = 600 weights; a decoder layer one more attention and LayerNorm = 904
+    src = torch.tensor([[5, 6, 7, 0], [5, 6, 0, 0]])  # 5 real source tokens, S = 4
+    tgt_in = torch.tensor([[1, 4, 5], [1, 4, 0]])  # T = 3
+    tgt_out = torch.tensor([[4, 5, 2], [4, 2, 0]])  # 5 target tokens
+    batch = Batch(src, tgt_in, tgt_out, src[:, None, None, :] != 0, None, 5, torch.arange(2))
+    linear = 6 * (600 * 5 + (904 + d * V) * 5)
+    attention = 12 * d * (1 * 4 * 5 + 1 * (3 + 4) * 5)
+    assert translation_flops(model, batch) == linear + attention
+
+
+def test_precision_race_reports_the_median_ratio_of_alternating_chunks():
+    from types import SimpleNamespace
+
+    from tformer.benchmarks.precision import _summarise
+
+    def run(chunks):
+        return SimpleNamespace(chunks=chunks, state=SimpleNamespace(history={"step_loss": [2.0, 1.0]}))
+
+    # the first chunk of each is a warm-up; per round float32 / bf16 = 2, 3, 1 → median 2
+    runs = {"float32": run([9.0, 0.2, 0.3, 0.1]), "bf16": run([9.0, 0.1, 0.1, 0.1])}
+    peaks = {"float32": (1e9, 512), "bf16": (4e9, 512)}
+    metrics, rows = _summarise("toy", runs, 1e8, peaks)
+    assert metrics["speedup"] == 2.0
+    assert metrics["float32_ms_per_step"] == pytest.approx(200.0)
+    assert metrics["float32_util_f32"] == pytest.approx(0.5) and metrics["bf16_util_bf16"] == pytest.approx(0.25)
+    assert rows[1]["of the float32 peak"] == "100.0%" and rows[1]["loss, last 20 steps"] == 1.5
+
+
+def test_matmul_peaks_time_both_dtypes():
+    from tformer.benchmarks.precision import matmul_peaks
+
+    peaks = matmul_peaks((32, 64), 1)
+    assert set(peaks) == {"float32", "bf16"}
+    assert all(rate > 0 and n in (32, 64) for rate, n in peaks.values())
+
+
+def test_precision_reaches_the_benchmarks_that_take_one(monkeypatch, tmp_path):
+    seen = []
+
+    def trains(quick: bool = False, precision: str = "float32") -> dict:
+        seen.append(("trains", precision))
+        return {"title": "t", "summary": "s", "metrics": {}, "table": []}
+
+    def times(quick: bool = False) -> dict:
+        seen.append(("times", None))
+        return {"title": "t", "summary": "s", "metrics": {}, "table": []}
+
+    monkeypatch.setitem(sys.modules, "fakebench_trains", _fake_module("fakebench_trains", trains))
+    monkeypatch.setitem(sys.modules, "fakebench_times", _fake_module("fakebench_times", times))
+    monkeypatch.setattr(bench, "BENCHMARKS", {"trains": "fakebench_trains", "times": "fakebench_times"})
+    assert bench.main(["--precision", "bf16", "--out", str(tmp_path / "r.json")]) == 0
+    assert bench.main(["--out", str(tmp_path / "r.json")]) == 0
+    assert seen == [("trains", "bf16"), ("times", None), ("trains", "float32"), ("times", None)]
+    with pytest.raises(SystemExit):
+        bench.main(["--precision", "fp16"])

@@ -15,7 +15,7 @@ from tformer.runtime import (
     eval_mode,
     make_grad_scaler,
     pick_device,
-    training_amp_dtype,
+    resolve_precision,
     unwrap,
 )
 
@@ -105,8 +105,8 @@ def test_unwrap_removes_compile_and_ddp_wrappers_but_leaves_a_plain_model():
     assert unwrap(Compiled(Compiled(model))) is model
 
 
-def test_training_uses_float32_on_cpu_and_autocast_types_are_bfloat16_there():
-    assert training_amp_dtype("cpu") is None
+def test_training_uses_float32_by_default_and_autocast_types_are_bfloat16_on_cpu():
+    assert resolve_precision("float32", "cpu") == torch.float32  # the recipes' default, for now
     assert autocast_dtype("cpu") == torch.bfloat16
 
 

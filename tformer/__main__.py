@@ -58,6 +58,7 @@ from tformer.recipes.translation import (
     tokenizer_for,
     train_translation,
 )
+from tformer.runtime import PRECISIONS
 from tformer.training.checkpoint import (
     CheckpointLocked,
     lock_directory,
@@ -85,7 +86,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 # flags that --resume may change (the rest must match the checkpoint)
 RESUMABLE = {"data", "out", "max_minutes", "no_time_limit", "epochs", "resume", "skip_bad_lines",
-             "quiet", "threads", "overwrite"}
+             "quiet", "threads", "overwrite", "precision"}
 DEFAULT_DIR = "runs/zh-en"
 
 
@@ -186,8 +187,14 @@ def _parser(data: str = "builtin") -> argparse.ArgumentParser:
             continue
         t.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                        help=f"default: {default}")
+    t.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="float32, bf16 (autocast; an error where the hardware has no bfloat16) or auto: "
+                   "bf16 on CPUs with native bfloat16 (AVX512-BF16 or AMX) and GPUs that have it, when "
+                   "a short measurement finds it faster, else float32. Weights and checkpoints stay "
+                   f"float32. Default: {d.precision}; it moves to auto once the Tatoeba recipe is "
+                   "re-tuned in bfloat16 (issue 20)")
     for f in fields(Settings):
-        if f.name in ("max_minutes", "epochs", "model"):
+        if f.name in ("max_minutes", "epochs", "model", "precision"):
             continue
         what = SETTING_HELP.get(f.name, "")
         t.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)),

@@ -8,6 +8,9 @@ decides each of these questions once.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
+import time
 from collections.abc import Iterator
 
 import torch
@@ -73,12 +76,114 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16
 
 
-def training_amp_dtype(device: torch.device | str) -> torch.dtype | None:
-    """What tformer's training recipes use unless told otherwise: :func:`autocast_dtype` on CUDA,
-    ``None`` (float32) elsewhere — on a CPU, bfloat16 autocast does not speed up models this small
-    (chapter 12 measures it) and changes the numbers."""
+PRECISIONS = ("auto", "float32", "bf16")
+
+
+def _cpu_flags() -> set[str]:
+    """The feature flags of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 dot products in hardware: AVX512-BF16 (Intel since
+    Cooper Lake, AMD since Zen 4) or AMX (Intel since Sapphire Rapids).
+
+    Asks PyTorch's own CPU detection (``torch.cpu._is_avx512_bf16_supported`` and
+    ``_is_amx_tile_supported``, which oneDNN's bfloat16 kernels use) and, where those do not
+    exist, the ``avx512_bf16``/``amx_bf16`` flags of ``/proc/cpuinfo``. Elsewhere PyTorch still
+    runs bfloat16, but by converting to float32 and back, which is slower than float32 alone.
+    """
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(callable(check) for check in checks):
+        return any(check() for check in checks)
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """True when ``device`` has bfloat16 arithmetic in hardware: :func:`cpu_has_native_bf16` on the
+    CPU, ``torch.cuda.is_bf16_supported()`` on CUDA (Ampere and later); False on Apple's MPS, whose
+    autocast type is float16."""
     device = _as_device(device)
-    return autocast_dtype(device) if device.type == "cuda" else None
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return False
+
+
+@functools.cache
+def bf16_speedup(device_type: str = "cpu", n: int = 512, repeats: int = 10) -> float:
+    """How many times faster an n×n matrix product runs under bfloat16 autocast than in float32 on
+    this machine, conversions included: the best of ``repeats`` each, timed alternately on one
+    thread (per-core throughput; on a busy machine several threads are time-sliced and their
+    timings say more about the load than about the arithmetic). About 30 ms, measured once per
+    process. On CUDA a known rule stands in for the measurement: tensor cores run bfloat16
+    several times faster than float32, so it returns 2.0 where bfloat16 is supported."""
+    if device_type == "cuda":
+        return 2.0 if native_bf16("cuda") else 1.0
+    if device_type != "cpu":
+        return 1.0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        best32 = best16 = math.inf
+        for i in range(repeats + 1):  # the first round warms both kernels up
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            t1 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                torch.mm(a, b)
+            t2 = time.perf_counter()
+            if i:
+                best32, best16 = min(best32, t1 - t0), min(best16, t2 - t1)
+    finally:
+        torch.set_num_threads(threads)
+    return best32 / best16
+
+
+# "auto" picks bfloat16 only when the measured matrix product is at least this much faster: a
+# training step also runs element-wise work that bfloat16 does not speed up.
+AUTO_MIN_SPEEDUP = 1.2
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype:
+    """The one rule for the precision tformer trains in: ``torch.float32`` or ``torch.bfloat16``
+    (autocast: the weights, the optimizer state and the checkpoints stay float32).
+
+    Args:
+        precision: ``"float32"`` (the default of every recipe and of the CLI for now: the
+            chapters' outputs and the 15-minute Tatoeba recipe were measured in float32);
+            ``"bf16"`` (a ``ValueError`` where the hardware has no bfloat16 arithmetic, because
+            emulated bfloat16 is slower than float32); ``"auto"``: bfloat16 where
+            :func:`native_bf16` says the hardware has it *and* :func:`bf16_speedup` measures a
+            matrix product at least ``AUTO_MIN_SPEEDUP`` times faster (CPUs with AVX512-BF16 or
+            AMX, GPUs from Ampere on), else float32. The default will move to ``"auto"`` once the
+            Tatoeba recipe is re-tuned under it (issue 20).
+        device: where the model trains.
+    """
+    device = _as_device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} must be one of {', '.join(map(repr, PRECISIONS))}")
+    if precision == "float32":
+        return torch.float32
+    if precision == "bf16":
+        if not native_bf16(device):
+            what = ("this CPU has neither AVX512-BF16 nor AMX" if device.type == "cpu"
+                    else f"torch reports no bfloat16 support on {device.type}")
+            raise ValueError(f"precision='bf16' but {what}; use precision='float32' (or 'auto', which "
+                             "falls back to float32)")
+        return torch.bfloat16
+    if native_bf16(device) and bf16_speedup(device.type) >= AUTO_MIN_SPEEDUP:
+        return torch.bfloat16
+    return torch.float32
 
 
 def autocast_context(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
+import inspect
 import json
 import math
 import os
@@ -39,6 +40,7 @@ BENCHMARKS: dict[str, str] = {
     "kv_cache": "tformer.benchmarks.kv_cache",
     "gpt": "tformer.benchmarks.gpt",
     "translation": "tformer.benchmarks.translation",
+    "precision": "tformer.benchmarks.precision",
     "smollm2": "tformer.benchmarks.smollm2",
 }
 
@@ -181,9 +183,10 @@ def _jsonable(value: object) -> object:
     return clean(json.loads(json.dumps(value, default=default)))
 
 
-def run_one(name: str, quick: bool = False) -> dict:
+def run_one(name: str, quick: bool = False, precision: str = "float32") -> dict:
     """Run benchmark ``name``; always returns a dict with ``status`` "ok", "skipped" (+ ``skipped``,
-    the reason) or "failed" (+ ``error``)."""
+    the reason) or "failed" (+ ``error``). ``precision`` goes to the benchmarks whose ``run`` takes
+    one (the training benchmarks ``gpt`` and ``translation``)."""
     module_name = BENCHMARKS[name]
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
@@ -201,7 +204,8 @@ def run_one(name: str, quick: bool = False) -> dict:
         run = getattr(module, "run", None)
         if not callable(run):
             raise RuntimeError(f"{module_name} has no run(quick=False) function")
-        result = run(quick=quick)
+        takes = "precision" in inspect.signature(run).parameters
+        result = run(quick=quick, **({"precision": precision} if takes else {}))
         if not isinstance(result, dict):
             raise TypeError(f"{module_name}.run() returned {type(result).__name__}, expected a dict")
         missing = [k for k in REQUIRED_KEYS if k not in result]
@@ -265,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
         "with --quick _build/bench/results-quick.json; run anywhere else: tformer-bench/results.json "
         "in the current directory)",
     )
+    p.add_argument("--precision", choices=("float32", "bf16", "auto"), default="float32",
+                   help="precision of the training benchmarks that take one (gpt, translation; see "
+                   "tformer.runtime.resolve_precision); the 'precision' benchmark always measures "
+                   "float32 and bf16 side by side (default: float32)")
     p.add_argument("--list", action="store_true", help="print the benchmark names and exit")
     return p
 
@@ -290,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = []
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
-        res = run_one(name, quick=args.quick)
+        res = run_one(name, quick=args.quick, precision=args.precision)
         res["quick"] = args.quick
         res["date"] = machine_info()["date"]
         res["machine"] = machine

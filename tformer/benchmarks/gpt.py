@@ -128,6 +128,7 @@ class _Trainer:
     """One model, its AdamW, warmup-cosine schedule and batches: train_char_lm's setup, in chunks."""
 
     def __init__(self, model: nn.Module, train_ids: torch.Tensor, s: CharLMSettings) -> None:
+        self.precision = s.precision
         self.model, self.s, self.state, self.seconds = model, s, TrainState(), 0.0
         self.optimizer = make_adamw(model, s.lr, s.weight_decay, s.betas)
         self.scheduler = warmup_cosine_scheduler(self.optimizer, s.warmup, s.steps, s.min_lr / s.lr)
@@ -137,12 +138,14 @@ class _Trainer:
     def train_until(self, step: int) -> None:
         t0 = time.perf_counter()
         train_epoch(self.model, self.batches, self.loss_fn, self.optimizer, self.scheduler,
-                    clip_norm=self.s.clip_norm, state=self.state, max_steps=step, progress=False)
+                    clip_norm=self.s.clip_norm, state=self.state, max_steps=step, progress=False,
+                    precision=self.precision)
         self.seconds += time.perf_counter() - t0
 
 
 def run(
-    quick: bool = False, data: str | Path | None = None, seed: int = 1337, threads: int | None = None
+    quick: bool = False, data: str | Path | None = None, seed: int = 1337, threads: int | None = None,
+    precision: str = "float32",
 ) -> dict:
     """Train the baby GPT and its ``torch.nn`` twin (2000 iterations; 20 with ``quick``), evaluate both.
 
@@ -153,7 +156,7 @@ def run(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(text, quick, seed)
+        return _run(text, quick, seed, precision)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -195,9 +198,9 @@ def _nanogpt_style_estimates(
     return values.mean().item(), values.std().item()
 
 
-def _run(text: str, quick: bool, seed: int) -> dict:
+def _run(text: str, quick: bool, seed: int, precision: str = "float32") -> dict:
     _reset_peak()
-    s = CharLMSettings(seed=seed)
+    s = CharLMSettings(seed=seed, precision=precision)
     iters = 20 if quick else s.steps  # the schedule always spans 2000 steps; quick runs stop early
     torch.manual_seed(seed)
     tok, train_ids, val_ids = split_text(text)
@@ -247,7 +250,8 @@ def _run(text: str, quick: bool, seed: int) -> dict:
         ),
         "hardware_note": (
             f"Absolute times on {describe_machine(machine_info())}; both models trained in "
-            f"alternating chunks of {chunk} steps; FLOPs per iteration = (6·N + 12·L·T·d)·B·T = "
+            f"alternating chunks of {chunk} steps"
+            f"{'' if precision == 'float32' else f' with precision={precision!r} (bfloat16 autocast where it resolves to bf16)'}; FLOPs per iteration = (6·N + 12·L·T·d)·B·T = "
             f"{flops_per_iter / 1e6:.1f} MFLOP (Kaplan et al., 2020; nanoGPT's estimate_mfu), the peak "
             f"timed as a {peak_n}×{peak_n} torch.mm on the same threads. Historical note, not measured in "
             f"this run and on another machine, so not a speed comparison: nanoGPT's own code once reported "
@@ -275,9 +279,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="text file (default: Tiny Shakespeare, shipped)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--precision", choices=("float32", "bf16", "auto"), default="float32",
+                        help="training precision of both models (default: float32)")
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
     args = parser.parse_args(argv)
-    print_result(run(quick=args.quick, data=args.data, seed=args.seed, threads=args.threads), as_json=args.json)
+    print_result(run(quick=args.quick, data=args.data, seed=args.seed, threads=args.threads,
+                     precision=args.precision), as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ def _peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
-def run(quick: bool = False) -> dict:
-    """Train (≤ 3 minutes; ``quick``: a few seconds on a small slice) and measure BLEU."""
+def run(quick: bool = False, precision: str = "float32") -> dict:
+    """Train (≤ 3 minutes; ``quick``: a few seconds on a small slice) in ``precision`` and measure BLEU."""
     splits = builtin_splits()
-    settings = Settings()
+    settings = Settings(precision=precision)
     test = splits["test"]
     if quick:
-        settings = Settings(epochs=1, max_minutes=0.05)
+        settings = Settings(epochs=1, max_minutes=0.05, precision=precision)
         splits = {"train": splits["train"][:2000], "valid": splits["valid"][:50]}
         test = test[:50]
     with tempfile.TemporaryDirectory() as out:
@@ -67,6 +67,7 @@ def run(quick: bool = False) -> dict:
         "hardware_note": (
             f"absolute times and tokens/s on {platform.processor() or platform.machine()} with "
             f"{torch.get_num_threads()} torch threads; peak memory is the process's max RSS"
+            f"{'' if precision == 'float32' else f'; trained with precision={precision!r}'}"
         ),
         "metrics": metrics,
         "table": [

@@ -279,56 +279,94 @@ def beam_search(
     bos_id: int = 1,
     eos_id: int = 2,
 ) -> torch.Tensor:
-    """Keep the ``beam_size`` best partial translations per sentence, for a whole batch at once.
+    """Keep the ``beam_size`` best open partial translations per sentence, for a whole batch at once.
 
-    Every step extends each of the k hypotheses by every token, scores the k·V candidates by
-    their summed log-probability divided by :func:`length_penalty` (α = 0.6 as in §6.1), and keeps
-    the k best. A hypothesis that has produced <eos> stays in the beam with its score frozen. At
-    the end the best-scoring *finished* hypothesis wins: one cut off by ``max_len`` before its
-    <eos> never paid for an ending (and may be a run of cheap repeated tokens), so it is chosen
-    only when no hypothesis of that sentence finished. ``beam_size=1`` is greedy decoding.
+    Each sentence has k = ``beam_size`` *open* hypotheses and, set apart from them, its
+    *finished* ones (ended by <eos>) with their length-penalised scores, as in fairseq (Ott et
+    al., 2019); only the best finished hypothesis and their number are kept, since that is all the
+    search returns or stops on. Every step extends each open hypothesis by every token and ranks
+    the k·V candidates by their summed log-probability (all open hypotheses have the same length,
+    so the length penalty would not change that order). Of the 2k best:
+
+    * every candidate that ends in <eos> is finished, scored log P(Y | X) / :func:`length_penalty`
+      (α = 0.6 as in §6.1) — also one ranked below k, which a beam of k open hypotheses would have
+      lost (fairseq and Hugging Face keep only those ranked within k);
+    * the first k candidates that do not end in <eos> are the next open hypotheses (there are at
+      least k: each open hypothesis adds at most one <eos>), so a finished hypothesis never takes
+      an open slot and an open one never pushes a finished one out.
+
+    A sentence is done when k of its hypotheses have finished within the first k candidates of
+    their step (fairseq's rule; an <eos> ranked below k is kept but does not count, so a few
+    unlikely endings cannot stop the search early) or when no open hypothesis can still beat its
+    best finished one. That bound is exact: every further token
+    multiplies the probability by at most 1, so an open hypothesis with log-probability ℓ ≤ 0
+    ends with some ℓ' ≤ ℓ at a length L' ≤ ``max_len``, and since lp grows with the length for
+    α ≥ 0, its score is ℓ' / lp(L') ≤ ℓ / lp(L') ≤ ℓ / lp(``max_len``). The search stops when every
+    sentence is done or after ``max_len`` tokens. Each sentence returns its best finished
+    hypothesis; one cut off by ``max_len`` before its <eos> never paid for an ending (and may be a
+    run of cheap repeated tokens), so the best open hypothesis is returned only when nothing
+    finished. ``beam_size=1`` is greedy decoding — the single best candidate each step, finished
+    or not — and is left to :func:`greedy_decode` (setting finished candidates apart would make it
+    a search over two).
 
     Returns:
-        ``(B, T)`` ids without <bos>, like :func:`greedy_decode`.
+        ``(B, T)`` ids without <bos>, like :func:`greedy_decode`: T is the number of steps run, a
+        finished row holds its <eos> and then ``pad_id``.
     """
     _checks.positive_int("beam_size", beam_size)
+    alpha = _checks.real_between("alpha", alpha, -1e-12, math.inf, "a length penalty >= 0, e.g. 0.6")
+    if beam_size == 1:
+        return greedy_decode(model, src, src_mask, max_len=max_len, bos_id=bos_id, eos_id=eos_id)
     src_mask, max_len = _prepare(model, src, src_mask, max_len)
     V, pad_id = model.config.tgt_vocab_size, model.config.pad_id
     B, k, dev = src.shape[0], beam_size, src.device
+    n_cand = min(2 * k, k * V)  # each open hypothesis adds at most one <eos>, so k open ones remain
+    lp = lambda n: ((5.0 + n) / 6.0) ** alpha  # noqa: E731 - length_penalty for a plain int
     with eval_mode(model):
         memory = model.encode(src, src_mask).repeat_interleave(k, dim=0)  # (B·k, S, d_model)
         step = _seq2seq_step(model, memory, src_mask.repeat_interleave(k, dim=0))
         scores = torch.full((B, k), float("-inf"), device=dev)
         scores[:, 0] = 0.0  # all k beams start identical: expand only the first
-        scores = scores.view(-1)  # (B·k,) summed log-probabilities
+        scores = scores.view(-1)  # (B·k,) summed log-probabilities of the open hypotheses
         ys = torch.full((B * k, 1), bos_id, dtype=torch.long, device=dev)
-        lengths = torch.zeros(B * k, dtype=torch.long, device=dev)
-        done = torch.zeros(B * k, dtype=torch.bool, device=dev)
         caches = model.new_caches()
         offsets = (torch.arange(B, device=dev) * k)[:, None]  # (B, 1) first row of each sentence
-        for t in range(max_len):
+        best_done = torch.full((B,), float("-inf"), device=dev)  # best finished score per sentence
+        best_ids = torch.full((B, max_len), pad_id, dtype=torch.long, device=dev)  # and its tokens
+        n_done = torch.zeros(B, dtype=torch.long, device=dev)  # finished hypotheses per sentence
+        done = torch.zeros(B, dtype=torch.bool, device=dev)  # sentences that stopped searching
+        for t in range(max_len):  # the candidates of this step have t + 1 tokens
             logits = step(ys[:, -1:], caches, t)
             logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B·k, V)
-            # a finished hypothesis may only be extended by padding, at no cost
-            logp[done] = float("-inf")
-            logp[done, pad_id] = 0.0
-            cand = scores[:, None] + logp  # (B·k, V)
-            new_len = (lengths + (~done).long())[:, None].expand(-1, V)  # (B·k, V)
-            ranked = cand / length_penalty(new_len, alpha)
-            _, idx = ranked.view(B, k * V).topk(k, dim=-1)  # (B, k)
+            cand = (scores[:, None] + logp).view(B, k * V)
+            vals, idx = cand.topk(n_cand, dim=-1)  # (B, 2k), best first
             beam, tok = idx // V, idx % V
-            rows = (offsets + beam).view(-1)  # (B·k,) which old hypothesis each new one extends
-            tok = tok.view(-1)
-            scores = cand[rows, tok]
-            lengths = new_len[rows, tok]
-            ys = torch.cat([ys[rows], tok[:, None]], dim=1)
-            done = done[rows] | (tok == eos_id)
+            # finished: every candidate that ends in <eos>, in a sentence still searching
+            ends = (tok == eos_id) & torch.isfinite(vals) & ~done[:, None]  # (B, 2k)
+            n_done += ends[:, :k].sum(dim=1)  # only those a beam of k would have held count
+            final = (vals / lp(t + 1)).masked_fill(~ends, float("-inf"))  # (B, 2k)
+            top, pos = final.max(dim=1)  # (B,)
+            better = top > best_done
+            if better.any():
+                rows = offsets.squeeze(1) + beam.gather(1, pos[:, None]).squeeze(1)
+                seq = torch.cat([ys[rows, 1:], torch.full((B, 1), eos_id, device=dev)], dim=1)
+                best_ids[:, : t + 1] = torch.where(better[:, None], seq, best_ids[:, : t + 1])
+                best_done = torch.where(better, top, best_done)
+            # open: the first k candidates that do not end in <eos>, in rank order
+            rank = torch.arange(n_cand, device=dev) + (tok == eos_id).long() * n_cand
+            keep = rank.topk(k, dim=-1, largest=False).indices.sort(dim=-1).values  # (B, k)
+            scores = vals.gather(1, keep).view(-1)
+            rows = (offsets + beam.gather(1, keep)).view(-1)  # which old hypothesis each extends
+            ys = torch.cat([ys[rows], tok.gather(1, keep).view(-1, 1)], dim=1)
             reorder_caches(caches, rows)
+            if t + 1 == max_len:
+                break
+            # can an open hypothesis still beat the best finished one? (bound in the docstring)
+            reachable = scores.view(B, k).max(dim=1).values / lp(max_len)
+            done |= (n_done >= k) | (best_done >= reachable)
             if done.all():
                 break
-    final = (scores / length_penalty(lengths, alpha)).view(B, k)
-    finished = done.view(B, k)
-    # at the length cap: a sentence with a finished hypothesis chooses among those only
-    final = final.masked_fill(~(finished | ~finished.any(dim=1, keepdim=True)), float("-inf"))
-    best = offsets.squeeze(1) + final.argmax(dim=-1)  # (B,)
-    return ys[best, 1:]
+    steps = ys.shape[1] - 1
+    open_best = ys.view(B, k, -1)[torch.arange(B, device=dev), scores.view(B, k).argmax(dim=1), 1:]
+    found = torch.isfinite(best_done)[:, None]
+    return torch.where(found, best_ids[:, :steps], open_best)

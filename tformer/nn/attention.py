@@ -72,6 +72,18 @@ def scaled_dot_product_attention(
     return weights @ v, weights
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, but in float32 under CPU autocast: PyTorch's bfloat16
+    flash-attention kernel on the CPU is several times slower than its float32 one in the backward
+    pass (measured by ``python -m tformer bench --only precision``), which cost more than the
+    bfloat16 matrix products of the linear layers gained. The products that dominate (Q, K, V, the
+    output projection, the FFN) still run in bfloat16."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 def fused_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -96,12 +108,12 @@ def fused_attention(
                 "is_causal=True needs mask=None and as many queries as keys, got "
                 f"mask={'a tensor' if mask is not None else None}, T_q={q.shape[-2]}, T_k={k.shape[-2]}"
             )
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return _sdpa(q, k, v, dropout_p=dropout_p, is_causal=True)
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return _sdpa(q, k, v, dropout_p=dropout_p)
     row_has_key = mask.any(dim=-1, keepdim=True)  # (..., T_q, 1)
     # Let fully masked rows attend everywhere so the kernel never sees an all -inf row, then zero them.
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~row_has_key, dropout_p=dropout_p)
+    out = _sdpa(q, k, v, attn_mask=mask | ~row_has_key, dropout_p=dropout_p)
     return out.masked_fill(~row_has_key, 0.0)
 
 

@@ -18,7 +18,7 @@ import tformer._checks as _checks
 from tformer.data.batches import RandomWindows
 from tformer.data.text import CharTokenizer
 from tformer.nn.gpt import GPT, GPTConfig
-from tformer.runtime import eval_mode
+from tformer.runtime import PRECISIONS, eval_mode
 from tformer.training.loop import TrainState, train_epoch
 from tformer.training.objectives import LabelSmoothingLoss
 from tformer.training.optim import make_adamw, warmup_cosine_scheduler
@@ -38,6 +38,9 @@ class CharLMSettings:
     betas: tuple[float, float] = (0.9, 0.99)
     clip_norm: float = 1.0
     seed: int = 1337
+    # float32, bf16 or auto (tformer.runtime.resolve_precision); float32 until the recipes are
+    # re-tuned under bf16 (issue 20)
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "batch_size", "steps"):
@@ -46,6 +49,8 @@ class CharLMSettings:
         _checks.positive_float("lr", self.lr)
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr={self.min_lr!r} must lie in [0, lr={self.lr}]")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
 
 
 def split_text(text: str, tokenizer: CharTokenizer | None = None, train_share: float = 0.9):
@@ -80,7 +85,7 @@ def train_char_lm(
     # next-character cross-entropy: no smoothing, and no id is padding (-1 never occurs)
     loss_fn = LabelSmoothingLoss(0.0, ignore_index=-1)
     train_epoch(model, batches, loss_fn, optimizer, scheduler, clip_norm=s.clip_norm, state=state,
-                max_steps=max_steps, progress=progress, desc="training")
+                max_steps=max_steps, progress=progress, desc="training", precision=s.precision)
     return state
 
 

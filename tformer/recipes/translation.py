@@ -35,7 +35,7 @@ from tformer.inference.attention_maps import cross_attention
 from tformer.inference.generation import beam_search, greedy_decode
 from tformer.metrics import bleu
 from tformer.nn.transformer import Transformer, TransformerConfig
-from tformer.runtime import pick_device, training_amp_dtype, unwrap
+from tformer.runtime import PRECISIONS, pick_device, resolve_precision, unwrap
 from tformer.training.checkpoint import (
     ModelFile,
     load_checkpoint,
@@ -182,6 +182,9 @@ class Settings:
     average: int = 1  # translate with the mean of the weights at the last `average` saves (1: the last weights)
     beam_size: int = 1  # how `evaluate` and `translate` decode this model unless told (1: greedy)
     alpha: float = 0.6  # beam search's length penalty, ((5 + length) / 6) ** alpha (Wu et al., 2016)
+    # float32, bf16 or auto (bf16 where the hardware has it and it is faster; tformer.runtime.resolve_precision).
+    # Stays float32 until the Tatoeba recipe is re-tuned under bf16 (issue 20).
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, dict):
@@ -198,6 +201,8 @@ class Settings:
         _checks.probability("smoothing", self.smoothing)
         _checks.positive_float("clip_norm", self.clip_norm)
         _checks.real_between("alpha", self.alpha, -1e-12, 10.0, "a length penalty in [0, 10), e.g. 0.6")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         if self.max_minutes is not None:
             _checks.positive_float("max_minutes", self.max_minutes, "3 (leave it out for no time limit)")
 
@@ -509,7 +514,7 @@ def train_translation(
     With ``resume=True`` and a checkpoint in ``out_dir``, training continues where it stopped
     (same batches, same dropout masks) and ends exactly where an uninterrupted run would; the
     model, the tokenizers and the optimisation settings are then the checkpoint's (only
-    ``epochs`` and ``max_minutes`` are taken from ``settings``). Resuming on other training
+    ``epochs``, ``max_minutes`` and ``precision`` are taken from ``settings``). Resuming on other training
     sentences than the checkpoint's (compared by a sha256 stored in ``config.json``) is a
     ``ValueError``, and so is a non-empty ``out_dir`` that holds no loadable checkpoint; an empty
     or missing one starts a new run. ``out_dir`` is locked while training
@@ -529,6 +534,7 @@ def train_translation(
     if tokenizer not in KINDS:
         raise ValueError(f"tokenizer={tokenizer!r} must be one of {sorted(KINDS)}")
     device = torch.device(device) if device is not None else pick_device()
+    resolve_precision(s.precision, device)  # bf16 where the hardware has none fails here, before any work
     if out_dir is not None:
         out_dir = recover(out_dir)  # also finishes what a killed save left
     # a directory with anything in it is resumed (or refused with the reason), never restarted over
@@ -545,7 +551,8 @@ def train_translation(
                 f"({data_source!r}) holds other training sentences; resume with the same data, or "
                 "train into a new directory"
             )
-        s = replace(Settings.from_dict(cfg["train"]), epochs=s.epochs, max_minutes=s.max_minutes)
+        s = replace(Settings.from_dict(cfg["train"]), epochs=s.epochs, max_minutes=s.max_minutes,
+                    precision=s.precision)
         model.to(device)
     else:
         torch.manual_seed(s.seed)
@@ -587,7 +594,7 @@ def train_translation(
             valid,
             epochs=s.epochs, loss_fn=LabelSmoothingLoss(s.smoothing, ignore_index=tok.tgt_vocab.pad_id),
             optimizer=optimizer, scheduler=scheduler, state=state, device=device, clip_norm=s.clip_norm,
-            amp_dtype=training_amp_dtype(device), max_minutes=s.max_minutes, max_steps=max_steps,
+            precision=s.precision, max_minutes=s.max_minutes, max_steps=max_steps,
             on_checkpoint=save, progress=progress, log=log,
         )  # fmt: skip
     if recent.averaged is not None:

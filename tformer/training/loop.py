@@ -6,7 +6,8 @@ target tokens count (``batch.n_tokens``); the model returns logits (or ``(logits
 nanoGPT-style models do) and ``loss_fn(logits, target)`` turns them into the loss. The
 encoder–decoder reads a :class:`tformer.data.batches.Batch` with teacher forcing (§3.1: the
 decoder reads the reference shifted right); the GPT reads :class:`tformer.data.batches.Windows`.
-The loop clips gradients, runs under autocast on a GPU, inside ``DistributedDataParallel``, stops
+The loop clips gradients, runs in the precision :func:`tformer.runtime.resolve_precision` decides
+(float32, or bfloat16 autocast), inside ``DistributedDataParallel``, stops
 at a time or step limit, and hands a :class:`TrainState` to a checkpoint callback, so a run can
 resume exactly where it stopped. The objectives are in :mod:`tformer.training.objectives`, the
 schedules in :mod:`tformer.training.optim`, checkpoints in :mod:`tformer.training.checkpoint`.
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 import tformer._checks as _checks
-from tformer.runtime import any_rank, autocast_context, eval_mode
+from tformer.runtime import any_rank, autocast_context, eval_mode, resolve_precision
 
 with warnings.catch_warnings():
     # Without ipywidgets tqdm.auto falls back to a text bar, which is what a static book shows anyway.
@@ -119,6 +120,19 @@ class EpochResult:
     interrupted: bool = False  # True when Ctrl-C ended it
 
 
+Precision = str | torch.dtype
+
+
+def _precision_dtype(precision: Precision, device: torch.device) -> torch.dtype:
+    """``"float32"``, ``"bf16"``, ``"auto"`` (:func:`tformer.runtime.resolve_precision`) or a dtype
+    (``torch.float16`` on CUDA, with a gradient scaler) → the autocast dtype (float32: none)."""
+    if isinstance(precision, torch.dtype):
+        if precision not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"precision={precision} must be torch.float32, torch.bfloat16 or torch.float16")
+        return precision
+    return resolve_precision(precision, device)
+
+
 def _forward_loss(model: nn.Module, batch, loss_fn: nn.Module) -> torch.Tensor:
     """``loss_fn(model(*batch.inputs), batch.target)``; for a translation batch that is teacher
     forcing: the decoder reads ``tgt_in`` (<bos> y1 … y_{n-1}) and predicts ``tgt_out`` (y1 … <eos>)."""
@@ -137,7 +151,7 @@ def train_epoch(
     *,
     device: torch.device | str | None = None,
     clip_norm: float | None = 1.0,
-    amp_dtype: torch.dtype | None = None,
+    precision: Precision = "float32",
     scaler: torch.amp.GradScaler | None = None,
     state: TrainState | None = None,
     deadline: float | None = None,
@@ -154,12 +168,17 @@ def train_epoch(
 
     Args:
         clip_norm: clip the global gradient norm to this value (``None`` = no clipping).
-        amp_dtype: autocast dtype (bf16/fp16 on CUDA), ``None`` for float32.
-        scaler: a ``torch.amp.GradScaler`` for fp16 (not needed for bf16).
+        precision: ``"float32"`` (the default), ``"bf16"`` or ``"auto"``, decided by
+            :func:`tformer.runtime.resolve_precision`, or a dtype (``torch.float16`` on CUDA). The
+            forward pass and the loss run under one autocast context; the loss itself, the
+            softmax statistics, the weights, their gradients and the optimizer state stay float32,
+            and a NaN/Inf loss stops the run exactly as in float32.
+        scaler: a ``torch.amp.GradScaler`` for float16 (not needed for bfloat16).
         deadline: ``time.perf_counter()`` value after which the epoch stops early.
         max_steps: stop once ``state.step`` reaches this global step count.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = _precision_dtype(precision, device)
     state = state if state is not None else TrainState()
     model.train()
     start_batch = state.batch_in_epoch
@@ -183,7 +202,7 @@ def train_epoch(
             stopped = True
             break
         batch = batch.to(device)
-        with autocast_context(device, amp_dtype, enabled=amp_dtype is not None):
+        with autocast_context(device, dtype):
             loss = _forward_loss(model, batch, loss_fn)
         value = loss.item()
         if not math.isfinite(value):  # stop before a NaN reaches the weights
@@ -257,15 +276,17 @@ def evaluate(
     loss_fn: nn.Module,
     *,
     device: torch.device | str | None = None,
-    amp_dtype: torch.dtype | None = None,
+    precision: Precision = "float32",
 ) -> float:
-    """Mean loss per target token over ``batches``, in eval mode (no dropout), without gradients."""
+    """Mean loss per target token over ``batches``, in eval mode (no dropout), without gradients,
+    in ``precision`` (as in :func:`train_epoch`)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = _precision_dtype(precision, device)
     total, tokens = 0.0, 0
     with eval_mode(model):
         for batch in batches:
             batch = batch.to(device)
-            with autocast_context(device, amp_dtype, enabled=amp_dtype is not None):
+            with autocast_context(device, dtype):
                 loss = _forward_loss(model, batch, loss_fn)
             total += loss.item() * int(batch.n_tokens)
             tokens += int(batch.n_tokens)
@@ -284,7 +305,7 @@ def fit(
     state: TrainState | None = None,
     device: torch.device | str | None = None,
     clip_norm: float | None = 1.0,
-    amp_dtype: torch.dtype | None = None,
+    precision: Precision = "float32",
     max_minutes: float | None = None,
     max_steps: int | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
@@ -303,6 +324,7 @@ def fit(
         on_checkpoint: called with the state after each epoch and when a limit or Ctrl-C stops
             the run (only on the main process); it should save a checkpoint.
         is_main: ``False`` on every DDP process but rank 0: no printing, no bar, no saving.
+        precision: as in :func:`train_epoch`; decided once here (``"auto"`` measures once).
 
     Ctrl-C (in the main thread) stops at the next step boundary, hands the state to
     ``on_checkpoint`` and raises :class:`TrainingInterrupted`; a second Ctrl-C stops at once. A
@@ -320,19 +342,20 @@ def fit(
         )
     device = torch.device(device) if device is not None else next(model.parameters()).device
     state = state if state is not None else TrainState()
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    dtype = _precision_dtype(precision, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     deadline = None
     if max_minutes is not None:
         deadline = time.perf_counter() + max_minutes * 60  # of this call, not of the whole run
     say = log if (is_main and log is not None) else (lambda _msg: None)
     with _Interrupt.deferred():
         return _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer, scheduler,
-                           state, device, clip_norm, amp_dtype, scaler, deadline, max_steps,
+                           state, device, clip_norm, dtype, scaler, deadline, max_steps,
                            on_checkpoint, is_main, progress, say)
 
 
 def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer, scheduler, state,
-                device, clip_norm, amp_dtype, scaler, deadline, max_steps, on_checkpoint, is_main,
+                device, clip_norm, dtype, scaler, deadline, max_steps, on_checkpoint, is_main,
                 progress, say) -> TrainState:
     if state.epoch < epochs:
         state.finished = False  # a finished run resumed with more epochs is unfinished again
@@ -346,7 +369,7 @@ def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer,
         t0 = time.perf_counter()
         result = train_epoch(
             model, batches, loss_fn, optimizer, scheduler,
-            device=device, clip_norm=clip_norm, amp_dtype=amp_dtype, scaler=scaler, state=state,
+            device=device, clip_norm=clip_norm, precision=dtype, scaler=scaler, state=state,
             deadline=deadline, max_steps=max_steps, progress=progress and is_main,
             desc=f"epoch {state.epoch + 1}/{epochs}",
         )  # fmt: skip
@@ -364,7 +387,7 @@ def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer,
         state.history["train_loss"].append(state.loss_sum / max(state.tokens, 1))
         if valid_batches is not None:
             state.history["valid_loss"].append(
-                evaluate(model, valid_batches, loss_fn, device=device, amp_dtype=amp_dtype)
+                evaluate(model, valid_batches, loss_fn, device=device, precision=dtype)
             )
         state.epoch += 1
         state.batch_in_epoch, state.loss_sum, state.tokens = 0, 0.0, 0
