@@ -27,7 +27,6 @@ import argparse
 import os
 import signal
 import sys
-import time
 
 if __name__ == "__main__":  # python -m tformer: a Ctrl-C while the imports below load is one line too
 
@@ -46,6 +45,19 @@ from pathlib import Path
 import torch
 
 from tformer import benchmarks
+from tformer.cli.args import (
+    DEFAULT_DIR,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    MODEL_FLAGS,
+    RESUMABLE,
+    CLIError,
+    _check_out,
+    _explicit_flags,
+    _parser,
+)
+from tformer.cli.threads import _busy_cores, _idle_threads
 from tformer.metrics import chrf
 from tformer.recipes.translation import (
     AVERAGED,
@@ -55,7 +67,6 @@ from tformer.recipes.translation import (
     decoding_defaults,
     evaluate_bleu,
     load_data,
-    tokenizer_for,
     train_translation,
 )
 from tformer.training.checkpoint import (
@@ -67,195 +78,13 @@ from tformer.training.checkpoint import (
 )
 from tformer.training.loop import TrainingInterrupted
 
-# model-size flags: --flag -> TransformerConfig field(s); --num-layers sets both stacks
-MODEL_FLAGS = {"d_model": ("d_model",), "num_heads": ("num_heads",),
-               "num_layers": ("num_encoder_layers", "num_decoder_layers"),
-               "dim_feedforward": ("dim_feedforward",), "dropout": ("dropout",),
-               "attention_dropout": ("attention_dropout",), "activation_dropout": ("activation_dropout",),
-               "max_len": ("max_len",)}
-
-SETTING_HELP = {
-    "average": "translate with the mean of the weights at the last N epoch ends (checkpoint averaging; "
-               "1: the last weights); ",
-    "beam_size": "beam size that evaluate and translate use for this checkpoint unless told (1: greedy); ",
-    "alpha": "length penalty of that beam search; ",
-}
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
-# flags that --resume may change (the rest must match the checkpoint)
-RESUMABLE = {"data", "out", "max_minutes", "no_time_limit", "epochs", "resume", "skip_bad_lines",
-             "quiet", "threads", "overwrite"}
-DEFAULT_DIR = "runs/zh-en"
-
-
-class CLIError(Exception):
-    """A problem with the user's input: printed as ``tformer: error: ...`` with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (with a pointer to --help), not the usage."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _positive_minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-minutes must be a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(
-            f"--max-minutes must be > 0, got {text} (leave it out to use --epochs alone)"
-        )
-    return value
-
-
-def _parsed(text: str, kind: type, ok, expected: str):
-    """``kind(text)`` if it converts and passes ``ok``; else argparse's error "expected {expected}"."""
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _parsed(text, int, lambda v: v >= 1, "a positive integer")
-
-
-def _optional_probability(text: str) -> float | None:
-    if text.strip().lower() == "none":
-        return None
-    return _parsed(text, float, lambda v: 0 <= v < 1, "a probability in [0, 1) or 'none'")
-
-
-def _length_penalty(text: str) -> float:
-    return _parsed(text, float, lambda v: 0 <= v < 10, "a length penalty in [0, 10)")
+__all__ = ["main", "CLIError", "DEFAULT_DIR", "_busy_cores", "_idle_threads"]
 
 
 def _decoding(args: argparse.Namespace) -> tuple[int, float]:
     """--beam and --alpha, each defaulting to what the checkpoint was trained for."""
     beam, alpha = decoding_defaults(args.checkpoint)
     return (args.beam if args.beam is not None else beam), (args.alpha if args.alpha is not None else alpha)
-
-
-def _parser(data: str = "builtin") -> argparse.ArgumentParser:
-    d = Settings.for_data(data)  # --data tatoeba has its own recipe's defaults
-    tokenizer, bpe_size = tokenizer_for(data)
-    p = _Parser(prog="tformer", description="Train and use a Chinese→English Transformer.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,translate,evaluate,bench}")
-
-    t = sub.add_parser("train", help="train a translation model and save checkpoints",
-                       description="Train a Transformer on the built-in corpus or a Tatoeba-style TSV "
-                       "(English<TAB>Chinese<TAB>attribution). Checkpoints go to --out after every epoch.")
-    t.add_argument("--data", default="builtin", help="'builtin', 'tatoeba' or a TSV file (default: builtin)")
-    t.add_argument("--out", default=DEFAULT_DIR,
-                   help=f"checkpoint directory, created if needed (default: {DEFAULT_DIR})")
-    t.add_argument("--max-minutes", type=_positive_minutes, default=d.max_minutes,
-                   help=f"stop training after this many minutes (default: {d.max_minutes})")
-    t.add_argument("--no-time-limit", action="store_true", help="train for --epochs, however long")
-    t.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"default: {d.epochs}")
-    t.add_argument("--tokenizer", choices=["word", "bpe"], default=tokenizer,
-                   help="how English is split: 'word' (the default, fine for the built-in corpus) or "
-                   "'bpe', byte-pair encoding learnt on the English side of the training split and "
-                   "saved as tgt_tokenizer.json in --out (for real corpora). Chinese is always split "
-                   "by character, already a small sub-word unit. Ignored with --resume, which keeps "
-                   f"the checkpoint's tokenizer (default for --data {data}: {tokenizer})")
-    t.add_argument("--bpe-vocab-size", type=_positive_int, default=bpe_size,
-                   help=f"largest BPE vocabulary, specials included (with --tokenizer bpe; default: {bpe_size})")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run saved in --out (flags that differ from the checkpoint's are "
-                   "an error, except --epochs and the time limit)")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace the checkpoint in --out with a new run (the old one stays until the "
-                   "first new save)")
-    t.add_argument("--skip-bad-lines", action="store_true",
-                   help="skip malformed TSV lines (and say how many, per reason) instead of stopping "
-                   "at the first")
-    for name, keys in MODEL_FLAGS.items():
-        default = d.model.get(keys[0])
-        if name in ("attention_dropout", "activation_dropout"):
-            where = "the attention weights" if name == "attention_dropout" else "the FFN's inner activations"
-            t.add_argument("--" + name.replace("_", "-"), type=_optional_probability, default=default,
-                           help=f"dropout on {where} ('none': the same as --dropout; default: "
-                           f"{'none' if default is None else default})")
-            continue
-        t.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                       help=f"default: {default}")
-    for f in fields(Settings):
-        if f.name in ("max_minutes", "epochs", "model"):
-            continue
-        what = SETTING_HELP.get(f.name, "")
-        t.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)),
-                       default=getattr(d, f.name), help=f"{what}default: {getattr(d, f.name)}")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    tr = sub.add_parser("translate", help="translate Chinese sentences with a trained checkpoint",
-                        description="Translate each sentence argument (or each line of stdin).")
-    tr.add_argument("--checkpoint", default=DEFAULT_DIR,
-                    help=f"directory written by 'tformer train' (default: {DEFAULT_DIR})")
-    tr.add_argument("--beam", type=_positive_int, default=None,
-                    help="beam size (1 = greedy; default: the one the checkpoint was trained for, "
-                    "its --beam-size)")
-    tr.add_argument("--alpha", type=_length_penalty, default=None,
-                    help="beam search's length penalty (default: the checkpoint's --alpha)")
-    tr.add_argument("sentences", nargs="*", help="Chinese sentences (read from stdin when none)")
-
-    e = sub.add_parser("evaluate", help="print corpus BLEU of a checkpoint on a data set",
-                       description="Translate a data split and print sacrebleu's corpus BLEU, computed on "
-                       "detokenized text (so word and BPE checkpoints are scored alike).")
-    e.add_argument("--checkpoint", default=DEFAULT_DIR, help=f"default: {DEFAULT_DIR}")
-    e.add_argument("--data", default="builtin", help="'builtin', 'tatoeba' or a TSV file (default: builtin)")
-    e.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
-                   help="which split (a TSV is split 90/5/5 exactly as 'train' split it; default: test)")
-    e.add_argument("--beam", type=_positive_int, default=None,
-                   help="beam size (1 = greedy; default: the one the checkpoint was trained for, its "
-                   "--beam-size)")
-    e.add_argument("--alpha", type=_length_penalty, default=None,
-                   help="beam search's length penalty (default: the checkpoint's --alpha)")
-    e.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N pairs")
-    e.add_argument("--skip-bad-lines", action="store_true",
-                   help="skip malformed TSV lines (and say how many) instead of stopping at the first")
-
-    for sp in (t, tr, e):
-        sp.add_argument("--threads", type=_positive_int, default=None,
-                        help="CPU threads for torch (default: torch's choice, lowered to the cores "
-                        "that other work leaves idle, measured over a quarter of a second); on a "
-                        "shared machine oversubscribed cores are several times slower than 1 thread")
-    sub.add_parser("bench", help="run the benchmarks (tformer.benchmarks); --help for its options",
-                   add_help=False)
-    p.train_parser = t  # for _explicit_flags
-    return p
-
-
-def _explicit_flags(argv: Sequence[str]) -> set[str]:
-    """The ``train`` options the user typed (argparse fills in the others with defaults)."""
-    p = _parser()
-    for action in p.train_parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(p.parse_args(argv))) - {"command"}
-
-
-def _check_out(out: str) -> Path:
-    """``--out`` must name a directory that is new or that this user can write; checked before any
-    data is read, so a bad path fails in a second rather than after an hour of training."""
-    if not out.strip():
-        raise CLIError("--out is empty; give the checkpoint directory (default: runs/zh-en)")
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"--out {out}: exists and is not a directory")
-    parent = Path(os.path.abspath(path)).parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise CLIError(f"--out {out}: cannot create it ({parent} is not a writable directory)")
-    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
-        raise CLIError(f"--out {out}: the directory is not writable")
-    return path
 
 
 def _resume_conflicts(args: argparse.Namespace, explicit: set[str], cfg: dict) -> list[str]:
@@ -391,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--data", default="builtin")
     data = pre.parse_known_args(argv[1:])[0].data if argv[:1] == ["train"] else "builtin"
-    parser = _parser(data if data in DATA_DEFAULTS else "builtin")
+    data = data if data in DATA_DEFAULTS else "builtin"
+    parser = _parser(Settings.for_data(data), data)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads if args.threads is not None else _idle_threads())
     name = f"tformer {args.command}"
@@ -403,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(), ExitStack() as stack:
             warnings.showwarning = one_line_warning
             if args.command == "train":
-                return _train(args, _explicit_flags(argv), stack)
+                return _train(args, _explicit_flags(argv, Settings()), stack)
             return {"translate": _translate, "evaluate": _evaluate}[args.command](args)
     except (CLIError, ValueError, TypeError, FileNotFoundError) as error:
         print(f"{name}: error: {error}", file=sys.stderr)
@@ -422,51 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
               file=sys.stderr)
         return EXIT_FAILURE
-
-
-def _busy_cores(window: float = 0.25) -> float | None:
-    """How many cores other processes keep busy right now: the non-idle share of the CPU time in
-    ``/proc/stat`` over ``window`` seconds, times the number of cores; the 1-minute load average
-    where there is no ``/proc/stat``; None where neither exists (Windows).
-
-    The load average alone misleads: it counts tasks waiting on I/O and trails the present by a
-    minute, so a quiet 2-core VM here showed 1.0 and got one thread, 20% slower than two.
-    """
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as handle:
-            fields = [int(x) for x in handle.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields[:8]), idle
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(window)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        try:
-            return os.getloadavg()[0]
-        except (AttributeError, OSError):
-            return None
-    elapsed = total1 - total0
-    if elapsed <= 0:
-        return 0.0
-    return (os.cpu_count() or 1) * (elapsed - (idle1 - idle0)) / elapsed
-
-
-def _idle_threads(busy: float | None = None) -> int:
-    """torch's default thread count, lowered to the number of cores other processes leave idle.
-
-    OpenMP threads that share a busy core wait for one another at every synchronisation point: on
-    2 cores with another busy process, a small Transformer's training step took 343 ms with 2
-    threads and 113 ms with 1 (measured here), so a busy machine is better served by fewer threads.
-    """
-    default = torch.get_num_threads()
-    busy = _busy_cores() if busy is None else busy
-    if busy is None:
-        return default
-    idle = round((os.cpu_count() or default) - busy)
-    return max(1, min(default, idle))
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,11 +14,8 @@ thousand of them cover almost any text.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import random
 import warnings
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -27,22 +24,30 @@ import torch
 from torch import nn
 
 import tformer._checks as _checks
-from tformer.data import corpus, sources, tatoeba
-from tformer.data.batches import Batch, make_batches
 from tformer.data.corpus import Pair
-from tformer.data.text import SPECIALS, BPETokenizer, Vocab, detokenize_en, tokenize_en, tokenize_zh
+from tformer.data.text import SPECIALS
 from tformer.inference.attention_maps import cross_attention
 from tformer.inference.generation import beam_search, greedy_decode
 from tformer.metrics import bleu
 from tformer.nn.transformer import Transformer, TransformerConfig
-from tformer.runtime import pick_device, training_amp_dtype, unwrap
+from tformer.recipes.tokenizers import BPE_FILE, KINDS, Tokenizers
+from tformer.recipes.translation_data import (
+    DATA_DEFAULTS,
+    SMALL_MODEL,
+    TOKENIZER_KEYS,
+    _fingerprint,
+    load_data,
+    tokenizer_for,
+)
+from tformer.runtime import pick_device, training_amp_dtype
+from tformer.training.averaging import AVERAGED, RecentWeights
 from tformer.training.checkpoint import (
-    ModelFile,
+    listed,
     load_checkpoint,
     load_model_file,
     lock_directory,
     read_config,
-    read_json,
+    read_consistently,
     recover,
     save_checkpoint,
 )
@@ -50,113 +55,13 @@ from tformer.training.loop import TrainState, fit
 from tformer.training.objectives import LabelSmoothingLoss
 from tformer.training.optim import make_optimizer, noam_scheduler
 
-# --------------------------------------------------------------------------- tokenization
-
-KINDS = ("word", "bpe")
-BPE_FILE = "tgt_tokenizer.json"
-
-
-class Tokenizers:
-    """How both sides of the language pair become ids, and back: the one place that knows it.
-
-    Args:
-        kind: ``"word"`` (English words) or ``"bpe"`` (a trained :class:`BPETokenizer`).
-        src_vocab, tgt_vocab: the vocabularies (for ``"bpe"``, ``tgt_vocab`` is ``bpe.vocab``).
-        bpe: the English BPE tokenizer when ``kind == "bpe"``.
-    """
-
-    def __init__(self, kind: str, src_vocab: Vocab, tgt_vocab: Vocab, bpe: BPETokenizer | None = None) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"tokenizer={kind!r} must be one of {list(KINDS)}")
-        if (kind == "bpe") != (bpe is not None):
-            raise ValueError(f"tokenizer={kind!r} needs bpe={'a BPETokenizer' if kind == 'bpe' else 'None'}")
-        self.kind, self.src_vocab, self.tgt_vocab, self.bpe = kind, src_vocab, tgt_vocab, bpe
-        self.tokenize_src = tokenize_zh
-        self.tokenize_tgt = tokenize_en if bpe is None else bpe.tokenize
-
-    @classmethod
-    def build(cls, train: Sequence[Pair], kind: str = "word", *, bpe_vocab_size: int = 8000,
-              min_freq: int = 1) -> Tokenizers:
-        """Learn the vocabularies (and, for ``"bpe"``, the merges) from the training pairs only."""
-        if kind not in KINDS:
-            raise ValueError(f"tokenizer={kind!r} must be one of {list(KINDS)}")
-        src = Vocab.build([tokenize_zh(p.src) for p in train], min_freq=min_freq)
-        if kind == "word":
-            return cls(kind, src, Vocab.build([tokenize_en(p.tgt) for p in train], min_freq=min_freq))
-        _checks.integer("bpe_vocab_size", bpe_vocab_size, minimum=len(SPECIALS) + 1, why=" (the special tokens)")
-        bpe = BPETokenizer.train((p.tgt for p in train), vocab_size=bpe_vocab_size)
-        return cls(kind, src, bpe.vocab, bpe)
-
-    def detokenize_tgt(self, tokens: Sequence[str]) -> str:
-        if self.bpe is None:
-            return detokenize_en(tokens)
-        # a lone word-start piece "▁" decodes to an extra space; BLEU wants single spaces
-        return " ".join(self.bpe.detokenize(tokens).split())
-
-    def files(self) -> dict[str, object]:
-        """What a checkpoint stores: the vocabularies, and the BPE tokenizer's own file."""
-        out: dict[str, object] = {"src_vocab.json": self.src_vocab, "tgt_vocab.json": self.tgt_vocab}
-        if self.bpe is not None:
-            out[BPE_FILE] = self.bpe
-        return out
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, kind: str) -> Tokenizers:
-        """Read back what :meth:`files` wrote into a checkpoint directory."""
-        directory = Path(directory)
-        if kind not in KINDS:
-            raise ValueError(f"unsupported tokenizer {kind!r} in {directory / 'config.json'}; expected one of {list(KINDS)}")
-        src, tgt = (Vocab.from_dict(read_json(directory / name)) for name in ("src_vocab.json", "tgt_vocab.json"))
-        if kind == "word":
-            return cls(kind, src, tgt)
-        path = directory / BPE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"checkpoint file {path} is missing (config.json says the target side uses the BPE "
-                f"tokenizer saved in {BPE_FILE})"
-            )
-        try:
-            bpe = BPETokenizer.load(path)
-        except Exception as error:  # tokenizers raises its own exception type for a bad file
-            raise ValueError(f"checkpoint file {path} is corrupt (not a tokenizers JSON file: {error})") from None
-        if len(bpe.vocab) != len(tgt):
-            raise ValueError(
-                f"the BPE tokenizer in {directory} knows {len(bpe.vocab)} tokens but tgt_vocab.json "
-                f"holds {len(tgt)}; the files come from different runs"
-            )
-        return cls(kind, src, tgt, bpe)
-
-    def batches(self, pairs: Sequence[Pair], **kwargs) -> list[Batch]:
-        """:func:`tformer.data.batches.make_batches` with these tokenizers and vocabularies."""
-        return make_batches(pairs, self.src_vocab, self.tgt_vocab, self.tokenize_src, self.tokenize_tgt,
-                            **kwargs)
-
+__all__ = [  # what the recipe offers, wherever it is defined
+    "AVERAGED", "BPE_FILE", "DATA_DEFAULTS", "KINDS", "MAX_PARAMETERS", "SMALL_MODEL", "RecentWeights",
+    "Settings", "Tokenizers", "Translator", "decoding_defaults", "evaluate_bleu", "load_data",
+    "tokenizer_for", "train_translation", "_checked_model_config", "_load",
+]
 
 # --------------------------------------------------------------------------- settings
-
-# TransformerConfig fields (all but the vocabularies): far smaller than the paper's base model
-# (d_model 512, N = 6, 100k steps on 8 GPUs); the built-in corpus is small and regular, and this
-# size reaches BLEU ≥ 90 on it in about three minutes on two CPU cores.
-SMALL_MODEL = dict(d_model=128, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
-                   dim_feedforward=512, dropout=0.1, max_len=128)
-
-
-# The recipe for the shipped Tatoeba pairs (``--data tatoeba``), chosen by experiment on the
-# validation split (scripts/tatoeba_recipes.py; the table in chapter 8). Real sentences have a large,
-# open English vocabulary, hence BPE; fifteen minutes on two cores is the budget it was tuned for.
-DATA_DEFAULTS: dict[str, dict] = {
-    "tatoeba": dict(tokenizer="bpe", bpe_vocab_size=4000, max_minutes=15.0, epochs=100, average=3,
-                    beam_size=4, alpha=1.5,
-                    model=dict(d_model=128, num_heads=4, dim_feedforward=512, dropout=0.1,
-                               attention_dropout=0.0, activation_dropout=0.0)),
-}
-TOKENIZER_KEYS = ("tokenizer", "bpe_vocab_size")
-
-
-def tokenizer_for(source: str) -> tuple[str, int]:
-    """``(tokenizer, bpe_vocab_size)`` defaults for ``--data source``."""
-    preset = DATA_DEFAULTS.get(source, {})
-    return preset.get("tokenizer", "word"), preset.get("bpe_vocab_size", 8000)
 
 
 @dataclass
@@ -224,45 +129,6 @@ class Settings:
         return cls(model=model, **{**preset, **changes})
 
 
-# --------------------------------------------------------------------------- data
-
-
-def load_data(source: str, *, seed: int = 0, errors: str = "raise", log=print) -> dict[str, list[Pair]]:
-    """``"builtin"`` → the built-in splits; ``"tatoeba"`` → the shipped Tatoeba pairs in their fixed
-    splits (:func:`tformer.data.tatoeba.tatoeba_splits`); a path → a Tatoeba-style TSV split
-    90/5/5 with ``seed``.
-
-    Every split is deterministic, so ``evaluate`` finds the same held-out test sentences that
-    ``train`` never saw.
-    """
-    if source == "builtin":
-        return corpus.builtin_splits()
-    if source == "tatoeba":
-        return tatoeba.tatoeba_splits()
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"--data {source!r}: no such file (use 'builtin' for the built-in corpus or 'tatoeba' for "
-            "the shipped Tatoeba sentences)"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the count of skipped lines is printed below instead
-        pairs = sources.read_tsv_pairs(path, errors=errors)
-    tatoeba.check_direction(pairs, str(path))
-    skipped = getattr(pairs, "skipped", 0)
-    if skipped and log is not None:
-        log(f"skipped {skipped} malformed line(s) of {path} ({sources.skip_summary(pairs)})")
-    if len(pairs) < 10:
-        raise ValueError(f"{path} holds only {len(pairs)} usable sentence pairs; training needs at least 10")
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    n_hold = max(1, len(pairs) // 20)
-    test = [pairs[i] for i in order[:n_hold]]
-    valid = [pairs[i] for i in order[n_hold : 2 * n_hold]]
-    train = [pairs[i] for i in order[2 * n_hold :]]
-    return {"train": train, "valid": valid, "test": test}
-
-
 # --------------------------------------------------------------------------- text in, text out
 
 
@@ -293,9 +159,13 @@ class Translator:
         ``average > 1`` translates with its averaged weights (``averaged.safetensors``) unless
         ``averaged=False`` asks for the last ones.
         """
-        model, tokenizers, _ = _load(directory)
-        if averaged and (Path(directory) / AVERAGED).is_file():
-            load_model_file(directory, AVERAGED, model)
+        def read():  # every file from one save, even while a training run commits the next
+            model, tokenizers, _ = _load(directory)
+            if averaged and listed(directory, AVERAGED):
+                load_model_file(directory, AVERAGED, model)
+            return model, tokenizers
+
+        model, tokenizers = read_consistently(directory, read)
         return cls(model.eval(), tokenizers, device or pick_device())
 
     def encode(self, sentences: Sequence[str]) -> torch.Tensor:
@@ -398,14 +268,6 @@ def _checked_model_config(d: dict) -> TransformerConfig:
     return config
 
 
-def _fingerprint(pairs: Sequence[Pair]) -> str:
-    """sha256 of the training pairs: a resumed run must read the very sentences it started on."""
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update(f"{p.src}\t{p.tgt}\n".encode())
-    return h.hexdigest()
-
-
 def evaluate_bleu(translator: Translator, pairs: list[Pair], *, beam_size: int = 1,
                   alpha: float = 0.6) -> tuple[float, list[str]]:
     """Corpus BLEU of the translations of ``pairs`` against their references, and the translations."""
@@ -420,74 +282,6 @@ def decoding_defaults(directory: str | os.PathLike) -> tuple[int, float]:
     :class:`Settings`; greedy for a checkpoint that predates them)."""
     train = read_config(directory).get("train") or {}
     return int(train.get("beam_size", 1)), float(train.get("alpha", 0.6))
-
-
-AVERAGED = "averaged.safetensors"
-
-
-class RecentWeights:
-    """Checkpoint averaging (§6.1 of the paper averages the last 5 checkpoints of the base model).
-
-    :meth:`record` is called at every save: it keeps, on the CPU, the weights at the last ``k``
-    epoch ends, and the averaged weights are the mean of the last ``k`` states a save saw — at a
-    stop in mid-epoch, the current weights and the ``k - 1`` epoch ends before them. Both are saved
-    with the checkpoint (``recent-<i>.safetensors``, oldest first, and ``averaged.safetensors``), so a
-    resumed run averages exactly what an uninterrupted one would."""
-
-    def __init__(self, k: int):
-        self.k = _checks.positive_int("average", k)
-        self.snapshots: deque[dict[str, torch.Tensor]] = deque(maxlen=self.k)
-        self.averaged: dict[str, torch.Tensor] | None = None
-
-    @staticmethod
-    def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
-        # each tensor cloned on its own: tied weights must not share storage in a safetensors file
-        return {n: t.detach().to("cpu", copy=True) for n, t in unwrap(model).state_dict().items()}
-
-    def record(self, model: nn.Module, epoch_end: bool) -> dict[str, torch.Tensor]:
-        """Note the weights of a save (kept when it is an epoch end); returns the new mean."""
-        current = self._copy(model)
-        if epoch_end:
-            self.snapshots.append(current)
-            states = list(self.snapshots)
-        else:
-            states = [*list(self.snapshots)[len(self.snapshots) - (self.k - 1):], current] if self.k > 1 else [current]
-        self.averaged = {n: (sum(s[n].double() for s in states) / len(states)).to(t.dtype)
-                         if t.is_floating_point() else t for n, t in current.items()}
-        return self.averaged
-
-    def files(self, model: nn.Module) -> dict[str, object]:
-        """What the checkpoint stores for averaging: the mean (as a model file) and the epoch ends."""
-        import copy
-
-        if self.averaged is None:
-            raise ValueError("record() the weights before saving them")
-        twin = copy.deepcopy(unwrap(model)).cpu()
-        twin.load_state_dict(self.averaged)
-        out: dict[str, object] = {AVERAGED: ModelFile(twin)}
-        for i, snapshot in enumerate(self.snapshots):
-            out[f"recent-{i}.safetensors"] = _TensorFile(snapshot)
-        return out
-
-    def load(self, directory: str | os.PathLike) -> None:
-        """Read back the epoch ends a checkpoint recorded (none for a run without averaging)."""
-        from safetensors.torch import load_file
-
-        self.snapshots.clear()
-        i = 0
-        while (Path(directory) / f"recent-{i}.safetensors").is_file():
-            self.snapshots.append(load_file(str(Path(directory) / f"recent-{i}.safetensors")))
-            i += 1
-
-
-class _TensorFile:
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.tensors = tensors
-
-    def save(self, path: str) -> None:
-        from safetensors.torch import save_file
-
-        save_file(self.tensors, path)
 
 
 def train_translation(
