@@ -30,14 +30,19 @@ from tformer.inference.attention_maps import cross_attention
 from tformer.inference.generation import beam_search, greedy_decode
 from tformer.metrics import bleu
 from tformer.nn.transformer import Transformer, TransformerConfig
-from tformer.recipes.tokenizers import BPE_FILE, KINDS, Tokenizers
+from tformer.recipes.tokenizers import BPE_FILE as BPE_FILE
+from tformer.recipes.tokenizers import KINDS, Tokenizers
 from tformer.recipes.translation_data import (
     DATA_DEFAULTS,
     SMALL_MODEL,
     TOKENIZER_KEYS,
     _fingerprint,
-    load_data,
-    tokenizer_for,
+)
+from tformer.recipes.translation_data import (
+    load_data as load_data,
+)
+from tformer.recipes.translation_data import (
+    tokenizer_for as tokenizer_for,
 )
 from tformer.runtime import pick_device, training_amp_dtype
 from tformer.training.averaging import AVERAGED, RecentWeights
@@ -54,12 +59,6 @@ from tformer.training.checkpoint import (
 from tformer.training.loop import TrainState, fit
 from tformer.training.objectives import LabelSmoothingLoss
 from tformer.training.optim import make_optimizer, noam_scheduler
-
-__all__ = [  # what the recipe offers, wherever it is defined
-    "AVERAGED", "BPE_FILE", "DATA_DEFAULTS", "KINDS", "MAX_PARAMETERS", "SMALL_MODEL", "RecentWeights",
-    "Settings", "Tokenizers", "Translator", "decoding_defaults", "evaluate_bleu", "load_data",
-    "tokenizer_for", "train_translation", "_checked_model_config", "_load",
-]
 
 # --------------------------------------------------------------------------- settings
 

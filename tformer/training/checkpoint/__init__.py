@@ -43,22 +43,25 @@ from torch import nn
 
 from tformer.runtime import unwrap
 from tformer.training.checkpoint.directory import (
-    CheckpointLocked,
+    CheckpointLocked as CheckpointLocked,
+)
+from tformer.training.checkpoint.directory import (
     _commit,
     _keep_foreign_files,
     _leftovers,
-    check_committable,
-    lock_directory,
     read_consistently,
     recover,
 )
+from tformer.training.checkpoint.directory import (
+    check_committable as check_committable,
+)
+from tformer.training.checkpoint.directory import (
+    lock_directory as lock_directory,
+)
 from tformer.training.checkpoint.files import (
     FORMAT,
-    MAX_CONFIG_INT,
     OWN_FILES,
     STATE,
-    ModelFile,
-    TensorFile,
     _check_json_scalars,
     _fsync,
     _json_sha256,
@@ -66,22 +69,34 @@ from tformer.training.checkpoint.files import (
     _sha256,
     _usual_permissions,
     _verify,
-    add_manifest,
-    listed,
     read_json,
-    read_tensors,
-    verify_files,
-    write_json,
+)
+from tformer.training.checkpoint.files import (
+    MAX_CONFIG_INT as MAX_CONFIG_INT,
+)
+from tformer.training.checkpoint.files import (
+    ModelFile as ModelFile,
+)
+from tformer.training.checkpoint.files import (
+    TensorFile as TensorFile,
+)
+from tformer.training.checkpoint.files import (
+    add_manifest as add_manifest,
+)
+from tformer.training.checkpoint.files import (
+    listed as listed,
+)
+from tformer.training.checkpoint.files import (
+    read_tensors as read_tensors,
+)
+from tformer.training.checkpoint.files import (
+    verify_files as verify_files,
+)
+from tformer.training.checkpoint.files import (
+    write_json as write_json,
 )
 from tformer.training.checkpoint.resume import _load_optimizer, optimizer_state
 from tformer.training.loop import TrainState
-
-__all__ = [
-    "FORMAT", "MAX_CONFIG_INT", "STATE", "Checkpoint", "CheckpointLocked", "ModelFile", "TensorFile",
-    "add_manifest", "check_committable", "listed", "load_checkpoint", "load_model_file", "lock_directory",
-    "read_config", "read_consistently", "read_json", "read_tensors", "recover", "save_checkpoint",
-    "verify_files", "write_json",
-]
 
 
 def _is_checkpoint(directory: Path) -> bool:
