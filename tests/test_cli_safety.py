@@ -158,7 +158,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_ctrl_c_saves_the_current_step_prints_how_to_resume_and_exits_130(run, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_sigterm_and_sighup_save_the_current_step_print_how_to_resume_and_exit_128_plus_signal(
+        run, tmp_path, signum):
     tsv, _ = run
     out = tmp_path / "ck"
     cmd = [sys.executable, "-c", CTRL_C, "train", "--data", str(tsv), "--out", str(out), "--epochs", "500",
@@ -169,15 +171,18 @@ def test_ctrl_c_saves_the_current_step_prints_how_to_resume_and_exits_130(run, t
     while not (out / "state.json").exists() and time.monotonic() < deadline:  # the first epoch is saved
         time.sleep(0.2)
     time.sleep(0.5)  # now in the middle of a later epoch
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 128 + signum, stderr  # 130, 143, 129: what a shell reports for each
     line = _one_line(stderr)
-    assert line.startswith("tformer train: interrupted; saved step") and line.endswith("--resume")
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    assert line.startswith(f"tformer train: {how}; saved step") and line.endswith("--resume")
     saved = read_json(out / "state.json")
     step = int(re.search(r"saved step (\d+)", line).group(1))
     assert saved["step"] == step and saved["train"]["finished"] is False
     assert saved["train"]["epoch"] < 500
+    if signum != signal.SIGINT:
+        return  # the same save as Ctrl-C's, which the SIGINT case resumes below
     # the saved run resumes and finishes
     epochs = saved["train"]["epoch"] + 1
     assert main(["train", "--data", str(tsv), "--out", str(out), "--resume", "--epochs", str(epochs),

@@ -10,7 +10,8 @@ Examples::
 ``runs/zh-en`` is the default of ``--out`` and ``--checkpoint``. ``train`` refuses an ``--out``
 that already holds something unless ``--resume`` (continue it) or ``--overwrite`` (replace the
 checkpoint) is given, and only one process at a time may write a directory. Ctrl-C saves the run
-at the current step and exits with status 130; ``--resume`` continues it.
+at the current step and exits with status 130; SIGTERM (``kill``, ``timeout``, ``docker stop``)
+and SIGHUP (a closed terminal) do the same and exit with 143 and 129; ``--resume`` continues it.
 
 Exit status: 0 success, 1 a failure while running (a diverged loss, a locked directory, a disk
 error), 2 bad input (flags, files, checkpoints), 130 interrupted. Every failure is one line on
@@ -27,6 +28,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 
 if __name__ == "__main__":  # python -m tformer: a Ctrl-C while the imports below load is one line too
 
@@ -76,7 +78,7 @@ from tformer.training.checkpoint import (
     read_json,
     recover,
 )
-from tformer.training.loop import TrainingInterrupted
+from tformer.training.loop import STOP_SIGNALS, TrainingInterrupted
 
 __all__ = ["main", "CLIError", "DEFAULT_DIR", "_busy_cores", "_idle_threads"]
 
@@ -151,18 +153,20 @@ def _train(args: argparse.Namespace, explicit: set[str], stack: ExitStack) -> in
             bpe_vocab_size=args.bpe_vocab_size, resume=args.resume, progress=not args.quiet,
         )
     except TrainingInterrupted as stop:
-        print(f"tformer train: interrupted; saved step {stop.state.step} (epoch {stop.state.epoch + 1}) in "
+        how = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {signal.Signals(stop.signum).name}"
+        print(f"tformer train: {how}; saved step {stop.state.step} (epoch {stop.state.epoch + 1}) in "
               f"{args.out}; continue with: python -m tformer train --data {args.data} --out {args.out} "
               "--resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + stop.signum
     except FloatingPointError as error:
         kept = (f"{args.out} keeps the last checkpoint saved before it" if (out / "state.json").is_file()
                 else "nothing was saved")
         raise _Failure(f"{error}; {kept}") from None
     where = "finished" if state.finished else "stopped by the time limit"
     print(f"{where} after {state.step} steps; checkpoint in {args.out}")
-    sample = splits["test"][: 3]
-    for pair, hyp in zip(sample, translator.translate([p.src for p in sample])):
+    limit = translator.model.config.max_len  # a sample the model can take, so the run ends with 0
+    sample = [p for p in splits["test"] if 0 < len(translator.tokenizers.tokenize_src(p.src)) <= limit][:3]
+    for pair, hyp in zip(sample, translator.translate([p.src for p in sample]) if sample else []):
         print(f"  {pair.src} → {hyp}")
     return 0
 
@@ -173,7 +177,8 @@ class _Failure(Exception):
 
 def _translate(args: argparse.Namespace) -> int:
     from_stdin = not args.sentences
-    sentences = list(args.sentences) or [line.rstrip("\r\n") for line in sys.stdin]
+    sentences = list(args.sentences) or _stdin_lines()
+    where = "line {} of the input" if from_stdin else "sentence {}"  # 1-based, blank lines counted
     if not from_stdin:
         for i, s in enumerate(sentences):
             if not s.strip():
@@ -181,6 +186,12 @@ def _translate(args: argparse.Namespace) -> int:
     if not any(s.strip() for s in sentences):
         raise CLIError("no sentence given: pass sentences as arguments or on stdin")
     translator = Translator.from_checkpoint(args.checkpoint)
+    limit = translator.model.config.max_len
+    for number, s in enumerate(sentences, start=1):
+        n = len(translator.tokenizers.tokenize_src(s)) if s.strip() else 0
+        if n > limit:
+            raise CLIError(f"{where.format(number)} has {n} characters, more than the model's max_len "
+                           f"{limit}; split it into shorter sentences")
     todo = [s for s in sentences if s.strip()]  # a blank stdin line gets a blank output line
     tokens = [t for s in todo for t in translator.tokenizers.tokenize_src(s)]
     unknown = sum(i == translator.src_vocab.unk_id for i in translator.src_vocab.encode(tokens))
@@ -194,9 +205,45 @@ def _translate(args: argparse.Namespace) -> int:
     return 0
 
 
+# translate reads its input into memory: bounds that no sentence list of this course comes near
+MAX_LINE_BYTES = 1 << 16
+MAX_INPUT_BYTES = 64 << 20
+
+
+def _stdin_lines() -> list[str]:
+    """The lines of stdin (UTF-8), each at most :data:`MAX_LINE_BYTES` and all together at most
+    :data:`MAX_INPUT_BYTES`, so an endless stream (``< /dev/zero``) is refused, not read forever."""
+    stream = getattr(sys.stdin, "buffer", None)
+    lines, total = [], 0
+    while True:
+        raw = stream.readline(MAX_LINE_BYTES + 1) if stream is not None else sys.stdin.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return lines
+        number = len(lines) + 1
+        text = raw if isinstance(raw, str) else None
+        if len(raw) > MAX_LINE_BYTES:
+            raise CLIError(f"line {number} of the input is longer than {MAX_LINE_BYTES} bytes without a "
+                           "line break; give one sentence per line")
+        total += len(raw)
+        if total > MAX_INPUT_BYTES:
+            raise CLIError(f"the input is longer than {MAX_INPUT_BYTES >> 20} MiB; translate it in parts")
+        if text is None:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise CLIError(f"line {number} of the input is not UTF-8 text (byte 0x{raw[error.start]:02x} "
+                               f"at column {error.start + 1})") from None
+        if "\x00" in text:
+            raise CLIError(f"line {number} of the input holds a NUL character; it is not text")
+        lines.append(text.rstrip("\r\n"))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     translator = Translator.from_checkpoint(args.checkpoint)
     seed = (read_config(args.checkpoint).get("train") or {}).get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):  # another seed would score another split
+        raise CLIError(f"{Path(args.checkpoint) / 'config.json'}: train.seed is {seed!r}, not an integer; the "
+                       "data split cannot be reproduced, so the checkpoint's config is damaged")
     splits = load_data(args.data, seed=seed, errors="skip" if args.skip_bad_lines else "raise")
     pairs = [p for v in splits.values() for p in v] if args.split == "all" else splits[args.split]
     pairs = pairs[: args.limit] if args.limit else pairs
@@ -213,6 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m tformer`` and the ``tformer`` console script."""
     if signal.getsignal(signal.SIGINT) is globals().get("_interrupted_while_starting"):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
+    stopped: list[int] = []
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # SIGTERM (kill, timeout, docker stop) and SIGHUP (a closed terminal) end a command as Ctrl-C
+        # does; during training the loop takes them over and saves first (python -m tformer only:
+        # a program that calls main() keeps its own handlers)
+        def _stop(signum, frame):
+            stopped.append(signum)
+            raise KeyboardInterrupt
+
+        for stop_signal in STOP_SIGNALS[1:]:
+            signal.signal(stop_signal, _stop)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return benchmarks.main(argv[1:])
@@ -239,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        if stopped:
+            print(f"{name}: stopped by {signal.Signals(stopped[-1]).name}", file=sys.stderr)
+            return 128 + stopped[-1]
         print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (_Failure, CheckpointLocked) as error:

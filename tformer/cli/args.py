@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from tformer.data.text import BPETokenizer
 from tformer.recipes.translation_data import tokenizer_for
+from tformer.training.checkpoint import check_committable
 
 # model-size flags: --flag -> TransformerConfig field(s); --num-layers sets both stacks
 MODEL_FLAGS = {"d_model": ("d_model",), "num_heads": ("num_heads",),
@@ -71,6 +73,26 @@ def _positive_int(text: str) -> int:
     return _parsed(text, int, lambda v: v >= 1, "a positive integer")
 
 
+# upper bounds of the size flags, checked before anything is allocated (the paper's big model has
+# d_model 1024, 16 heads, 6 layers, 4096 inner units; this course's models are far smaller)
+LIMITS = {"d_model": 8192, "num_heads": 256, "num_layers": 64, "dim_feedforward": 65536, "max_len": 16384,
+          "bpe_vocab_size": BPETokenizer.MAX_VOCAB_SIZE, "batch_tokens": 1_000_000, "warmup": 10_000_000,
+          "epochs": 1_000_000, "min_freq": 1_000_000, "average": 100, "beam_size": 100, "beam": 100,
+          "threads": 4 * (os.cpu_count() or 1), "limit": 10_000_000}
+
+
+def _bounded(name: str):
+    """An argparse type: a positive integer up to ``LIMITS[name]``, the limit named in the error."""
+    limit = LIMITS[name]
+    why = " (4 x this machine's cores)" if name == "threads" else ""
+
+    def parse(text: str) -> int:
+        return _parsed(text, int, lambda v: 1 <= v <= limit, f"a positive integer up to {limit}{why}")
+
+    parse.__name__ = name
+    return parse
+
+
 def _optional_probability(text: str) -> float | None:
     if text.strip().lower() == "none":
         return None
@@ -97,14 +119,14 @@ def _parser(d, data: str = "builtin") -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=_positive_minutes, default=d.max_minutes,
                    help=f"stop training after this many minutes (default: {d.max_minutes})")
     t.add_argument("--no-time-limit", action="store_true", help="train for --epochs, however long")
-    t.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"default: {d.epochs}")
+    t.add_argument("--epochs", type=_bounded("epochs"), default=d.epochs, help=f"default: {d.epochs}")
     t.add_argument("--tokenizer", choices=["word", "bpe"], default=tokenizer,
                    help="how English is split: 'word' (the default, fine for the built-in corpus) or "
                    "'bpe', byte-pair encoding learnt on the English side of the training split and "
                    "saved as tgt_tokenizer.json in --out (for real corpora). Chinese is always split "
                    "by character, already a small sub-word unit. Ignored with --resume, which keeps "
                    f"the checkpoint's tokenizer (default for --data {data}: {tokenizer})")
-    t.add_argument("--bpe-vocab-size", type=_positive_int, default=bpe_size,
+    t.add_argument("--bpe-vocab-size", type=_bounded("bpe_vocab_size"), default=bpe_size,
                    help=f"largest BPE vocabulary, specials included (with --tokenizer bpe; default: {bpe_size})")
     t.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out (flags that differ from the checkpoint's are "
@@ -123,13 +145,15 @@ def _parser(d, data: str = "builtin") -> argparse.ArgumentParser:
                            help=f"dropout on {where} ('none': the same as --dropout; default: "
                            f"{'none' if default is None else default})")
             continue
-        t.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                       help=f"default: {default}")
+        kind = _bounded(name) if name in LIMITS else type(default)
+        t.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
+                       help=f"default: {default}" + (f"; at most {LIMITS[name]}" if name in LIMITS else ""))
     for f in fields(d):
         if f.name in ("max_minutes", "epochs", "model"):
             continue
         what = SETTING_HELP.get(f.name, "")
-        t.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)),
+        t.add_argument("--" + f.name.replace("_", "-"),
+                       type=_bounded(f.name) if f.name in LIMITS else type(getattr(d, f.name)),
                        default=getattr(d, f.name), help=f"{what}default: {getattr(d, f.name)}")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -137,7 +161,7 @@ def _parser(d, data: str = "builtin") -> argparse.ArgumentParser:
                         description="Translate each sentence argument (or each line of stdin).")
     tr.add_argument("--checkpoint", default=DEFAULT_DIR,
                     help=f"directory written by 'tformer train' (default: {DEFAULT_DIR})")
-    tr.add_argument("--beam", type=_positive_int, default=None,
+    tr.add_argument("--beam", type=_bounded("beam"), default=None,
                     help="beam size (1 = greedy; default: the one the checkpoint was trained for, "
                     "its --beam-size)")
     tr.add_argument("--alpha", type=_length_penalty, default=None,
@@ -151,17 +175,17 @@ def _parser(d, data: str = "builtin") -> argparse.ArgumentParser:
     e.add_argument("--data", default="builtin", help="'builtin', 'tatoeba' or a TSV file (default: builtin)")
     e.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
                    help="which split (a TSV is split 90/5/5 exactly as 'train' split it; default: test)")
-    e.add_argument("--beam", type=_positive_int, default=None,
+    e.add_argument("--beam", type=_bounded("beam"), default=None,
                    help="beam size (1 = greedy; default: the one the checkpoint was trained for, its "
                    "--beam-size)")
     e.add_argument("--alpha", type=_length_penalty, default=None,
                    help="beam search's length penalty (default: the checkpoint's --alpha)")
-    e.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N pairs")
+    e.add_argument("--limit", type=_bounded("limit"), default=None, help="evaluate only the first N pairs")
     e.add_argument("--skip-bad-lines", action="store_true",
                    help="skip malformed TSV lines (and say how many) instead of stopping at the first")
 
     for sp in (t, tr, e):
-        sp.add_argument("--threads", type=_positive_int, default=None,
+        sp.add_argument("--threads", type=_bounded("threads"), default=None,
                         help="CPU threads for torch (default: torch's choice, lowered to the cores "
                         "that other work leaves idle, measured over a quarter of a second); on a "
                         "shared machine oversubscribed cores are several times slower than 1 thread")
@@ -194,4 +218,8 @@ def _check_out(out: str) -> Path:
         raise CLIError(f"--out {out}: cannot create it ({parent} is not a writable directory)")
     if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
         raise CLIError(f"--out {out}: the directory is not writable")
+    try:  # the current directory, a parent of it, a mount point, a rename that cannot succeed
+        check_committable(path)
+    except ValueError as error:
+        raise CLIError(f"--out {error}") from None
     return path

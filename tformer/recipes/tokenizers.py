@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import tformer._checks as _checks
-from tformer.data.batches import Batch, make_batches
+from tformer.data.batches import Batch, make_batches, too_long
 from tformer.data.corpus import Pair
 from tformer.data.text import SPECIALS, BPETokenizer, Vocab, detokenize_en, tokenize_en, tokenize_zh
-from tformer.training.checkpoint import read_json, verify_files
+from tformer.training.checkpoint import listed, read_json, verify_files
 
 KINDS = ("word", "bpe")
 BPE_FILE = "tgt_tokenizer.json"
@@ -72,6 +72,10 @@ class Tokenizers:
         verify_files(directory, [n for n in names if (directory / n).is_file()])  # listed and intact
         src, tgt = (Vocab.from_dict(read_json(directory / name)) for name in names[:2])
         if kind == "word":
+            if (directory / BPE_FILE).is_file() and listed(directory, BPE_FILE):
+                raise ValueError(f"config.json in {directory} says the English side is split by word, but the "
+                                 f"checkpoint holds a BPE tokenizer ({BPE_FILE}); the config was changed after "
+                                 "the save: set \"tokenizer\": \"bpe\" back, or train again")
             return cls(kind, src, tgt)
         path = directory / BPE_FILE
         if not path.is_file():
@@ -83,12 +87,17 @@ class Tokenizers:
             bpe = BPETokenizer.load(path)
         except Exception as error:  # tokenizers raises its own exception type for a bad file
             raise ValueError(f"checkpoint file {path} is corrupt (not a tokenizers JSON file: {error})") from None
-        if len(bpe.vocab) != len(tgt):
-            raise ValueError(
-                f"the BPE tokenizer in {directory} knows {len(bpe.vocab)} tokens but tgt_vocab.json "
-                f"holds {len(tgt)}; the files come from different runs"
-            )
+        if bpe.vocab.itos != tgt.itos:
+            what = (f"knows {len(bpe.vocab)} tokens but tgt_vocab.json holds {len(tgt)}" if len(bpe.vocab) != len(tgt)
+                    else "numbers its tokens otherwise than tgt_vocab.json")
+            raise ValueError(f"the BPE tokenizer in {directory} {what}; the files come from different runs")
         return cls(kind, src, tgt, bpe)
+
+    def count_too_long(self, pairs: Sequence[Pair], max_len: int) -> int:
+        """How many of ``pairs`` :meth:`batches` drops for ``max_len`` (see
+        :func:`tformer.data.batches.too_long`)."""
+        return sum(too_long(len(self.tokenize_src(p.src)), len(self.tokenize_tgt(p.tgt)) + 2, max_len)
+                   for p in pairs)
 
     def batches(self, pairs: Sequence[Pair], **kwargs) -> list[Batch]:
         """:func:`tformer.data.batches.make_batches` with these tokenizers and vocabularies."""

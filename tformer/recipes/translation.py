@@ -44,9 +44,10 @@ from tformer.recipes.translation_data import (
 from tformer.recipes.translation_data import (
     tokenizer_for as tokenizer_for,
 )
-from tformer.runtime import pick_device, training_amp_dtype
+from tformer.runtime import available_memory, resolve_device, training_amp_dtype
 from tformer.training.averaging import AVERAGED, RecentWeights
 from tformer.training.checkpoint import (
+    check_committable,
     listed,
     load_checkpoint,
     load_model_file,
@@ -145,7 +146,7 @@ class Translator:
             raise TypeError(f"tokenizers must be a Tokenizers, got {type(tokenizers).__name__}")
         self.model, self.tokenizers = model, tokenizers
         self.src_vocab, self.tgt_vocab = tokenizers.src_vocab, tokenizers.tgt_vocab
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
 
     @classmethod
@@ -165,7 +166,7 @@ class Translator:
             return model, tokenizers
 
         model, tokenizers = read_consistently(directory, read)
-        return cls(model.eval(), tokenizers, device or pick_device())
+        return cls(model.eval(), tokenizers, resolve_device(device))
 
     def encode(self, sentences: Sequence[str]) -> torch.Tensor:
         """Tokenize and pad source sentences → ids ``(B, S)`` (unknown characters → <unk>)."""
@@ -201,6 +202,9 @@ class Translator:
             sentences = [sentences]
         if len(sentences) == 0:
             raise ValueError("sentences is empty; give at least one sentence to translate")
+        _checks.positive_int("batch_size", batch_size)
+        _checks.positive_int("beam_size", beam_size)
+        _checks.real_between("alpha", alpha, -1e-12, 10.0, "a length penalty in [0, 10), e.g. 0.6")
         out: list[str] = []
         kw = {"bos_id": self.tgt_vocab.bos_id, "eos_id": self.tgt_vocab.eos_id, "max_len": max_len}
         for i in range(0, len(sentences), batch_size):
@@ -240,12 +244,40 @@ def _load(directory: str | os.PathLike, optimizer_for=None, device: torch.device
     except (TypeError, ValueError) as error:
         raise ValueError(f"{Path(directory) / 'config.json'} holds an invalid model config: {error}") from None
     load_checkpoint(directory, model, restore_rng=False, device=device)
-    return model, Tokenizers.load(directory, cfg.get("tokenizer", "word")), cfg
+    tokenizers = Tokenizers.load(directory, cfg.get("tokenizer", "word"))
+    for side, vocab, size in (("src", tokenizers.src_vocab, model.config.src_vocab_size),
+                              ("tgt", tokenizers.tgt_vocab, model.config.tgt_vocab_size)):
+        if len(vocab) != size:  # ids past the table would be out of range, or never produced
+            raise ValueError(f"{Path(directory) / f'{side}_vocab.json'} holds {len(vocab)} tokens but the model's "
+                             f"{side}_vocab_size is {size}; the files come from different runs")
+    return model, tokenizers, cfg
 
 
 # a bound on what config.json may ask for, checked before anything is allocated (the paper's big
 # model has 213M parameters; this course trains models of a few million)
-MAX_PARAMETERS = 2_000_000_000
+MAX_PARAMETERS = 500_000_000
+
+
+def check_model_size(config: TransformerConfig, training: bool = False) -> int:
+    """The parameter count of a Transformer of ``config``, estimated without building it, checked
+    against :data:`MAX_PARAMETERS` and against the memory this machine has available (4 bytes a
+    parameter for the weights; training adds the gradients and Adam's two moments, 16 in all).
+    A ``ValueError`` names the limit and the flags that set the size."""
+    c = config
+    per_layer = 4 * c.d_model * c.d_model + 2 * c.d_model * c.dim_feedforward
+    total = (c.src_vocab_size + c.tgt_vocab_size + c.max_len) * c.d_model + per_layer * (
+        c.num_encoder_layers + 2 * c.num_decoder_layers)
+    sizes = "--d-model, --num-layers, --dim-feedforward, --max-len"
+    if total > MAX_PARAMETERS:
+        raise ValueError(f"the model would have about {total:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
+                         f"the sizes are absurd for this course (choose smaller {sizes})")
+    need = total * (16 if training else 4)
+    free = available_memory()
+    if free is not None and need > free:
+        what = "to train (weights, gradients and Adam's two moments)" if training else "for its weights"
+        raise ValueError(f"the model ({total:.3g} parameters) needs about {need / 2**30:.1f} GiB {what}, more "
+                         f"than the {free / 2**30:.1f} GiB this machine has available; choose smaller {sizes}")
+    return total
 
 
 def _checked_model_config(d: dict) -> TransformerConfig:
@@ -257,13 +289,7 @@ def _checked_model_config(d: dict) -> TransformerConfig:
     if missing:
         raise ValueError(f"fields {missing} are missing")
     config = TransformerConfig.from_dict(d)
-    c = config
-    per_layer = 4 * c.d_model * c.d_model + 2 * c.d_model * c.dim_feedforward
-    total = (c.src_vocab_size + c.tgt_vocab_size + c.max_len) * c.d_model + per_layer * (
-        c.num_encoder_layers + 2 * c.num_decoder_layers)
-    if total > MAX_PARAMETERS:
-        raise ValueError(f"the model would have about {total:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
-                         "the sizes are absurd for a checkpoint of this course")
+    check_model_size(config)
     return config
 
 
@@ -321,9 +347,10 @@ def train_translation(
             pass
     if tokenizer not in KINDS:
         raise ValueError(f"tokenizer={tokenizer!r} must be one of {sorted(KINDS)}")
-    device = torch.device(device) if device is not None else pick_device()
+    device = resolve_device(device)
     if out_dir is not None:
         out_dir = recover(out_dir)  # also finishes what a killed save left
+        check_committable(out_dir)  # a save could never replace it: refused before any training
     # a directory with anything in it is resumed (or refused with the reason), never restarted over
     resuming = resume and out_dir is not None and out_dir.is_dir() and any(out_dir.iterdir())
     fingerprint = _fingerprint(splits.get("train", []))
@@ -348,7 +375,9 @@ def train_translation(
                 warnings.warn(f"min_freq={s.min_freq} leaves the {side} vocabulary with only the "
                               f"{len(SPECIALS)} special tokens: every word becomes <unk>; lower min_freq",
                               stacklevel=2)
-        model = Transformer(s.model_config(len(tok.src_vocab), len(tok.tgt_vocab), tok.src_vocab.pad_id)).to(device)
+        config = s.model_config(len(tok.src_vocab), len(tok.tgt_vocab), tok.src_vocab.pad_id)
+        check_model_size(config, training=True)  # before anything is allocated
+        model = Transformer(config).to(device)
     optimizer = make_optimizer(model)
     scheduler = noam_scheduler(optimizer, model.config.d_model, s.warmup, s.lr_factor)
     state = None
@@ -371,6 +400,11 @@ def train_translation(
     def batches(pairs, **kw):
         return tok.batches(pairs, max_tokens=s.batch_tokens, max_len=model.config.max_len - 1, **kw)
 
+    for split in ("train", "valid"):  # pairs that no batch can hold are counted, never dropped silently
+        dropped = tok.count_too_long(splits.get(split, []), model.config.max_len - 1)
+        if dropped:
+            log(f"{split} {len(splits[split])} pairs, {dropped} longer than max_len {model.config.max_len} "
+                f"(--max-len) dropped; raise --max-len to keep them")
     valid = batches(splits["valid"], shuffle=False) if splits.get("valid") else None
     # one writer per directory (re-entrant: the CLI already holds it); Ctrl-C saves, then raises
     with lock_directory(out_dir) if out_dir is not None else contextlib.nullcontext():

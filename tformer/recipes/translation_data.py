@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,10 @@ def tokenizer_for(source: str) -> tuple[str, int]:
     return preset.get("tokenizer", "word"), preset.get("bpe_vocab_size", 8000)
 
 
+# a parallel corpus is read into memory whole; Tatoeba's cmn-eng is 5 MB
+MAX_DATA_BYTES = 2 * 2**30
+
+
 def load_data(source: str, *, seed: int = 0, errors: str = "raise", log=print) -> dict[str, list[Pair]]:
     """``"builtin"`` → the built-in splits; ``"tatoeba"`` → the shipped Tatoeba pairs in their fixed
     splits (:func:`tformer.data.tatoeba.tatoeba_splits`); a path → a Tatoeba-style TSV split
@@ -51,6 +56,16 @@ def load_data(source: str, *, seed: int = 0, errors: str = "raise", log=print) -
     if source == "tatoeba":
         return tatoeba.tatoeba_splits()
     path = Path(source)
+    if path.is_dir():
+        raise ValueError(f"--data {source!r} is a directory; give a TSV file (English<TAB>Chinese"
+                         "<TAB>attribution per line), 'builtin' or 'tatoeba'")
+    if path.exists() and not path.is_file():
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(path.stat().st_mode) else "a device or other special file"
+        raise ValueError(f"--data {source!r} is {kind}, not a regular file (it may never end); "
+                         "save the data to a TSV file first and give that file")
+    if path.is_file() and path.stat().st_size > MAX_DATA_BYTES:
+        raise ValueError(f"--data {source!r} is {path.stat().st_size / 2**30:.1f} GiB, more than the "
+                         f"{MAX_DATA_BYTES // 2**30} GiB this course's recipe reads into memory; use a subset")
     if not path.is_file():
         raise FileNotFoundError(
             f"--data {source!r}: no such file (use 'builtin' for the built-in corpus or 'tatoeba' for "
