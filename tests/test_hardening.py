@@ -206,9 +206,9 @@ def test_a_model_too_large_for_the_limit_or_the_memory_is_refused_before_it_is_b
         check_model_size(big)
     middling = Settings(model=dict(d_model=1024, num_heads=16, num_encoder_layers=8, num_decoder_layers=8,
                                    dim_feedforward=4096, max_len=512)).model_config(30000, 30000)
-    import tformer.recipes.translation as recipe
+    import tformer.recipes.translation_data as presets
 
-    monkeypatch.setattr(recipe, "available_memory", lambda: 2 * 2**30)
+    monkeypatch.setattr(presets, "available_memory", lambda: 2 * 2**30)
     assert check_model_size(middling) < 5e8  # under the parameter limit, and its weights fit
     with pytest.raises(ValueError, match=r"needs about .* GiB to train .* more than the 2\.0 GiB"):
         check_model_size(middling, training=True)

@@ -37,6 +37,10 @@ from tformer.recipes.translation_data import (
     SMALL_MODEL,
     TOKENIZER_KEYS,
     _fingerprint,
+    check_model_size,
+)
+from tformer.recipes.translation_data import (
+    MAX_PARAMETERS as MAX_PARAMETERS,
 )
 from tformer.recipes.translation_data import (
     load_data as load_data,
@@ -44,7 +48,7 @@ from tformer.recipes.translation_data import (
 from tformer.recipes.translation_data import (
     tokenizer_for as tokenizer_for,
 )
-from tformer.runtime import available_memory, resolve_device, training_amp_dtype
+from tformer.runtime import resolve_device, training_amp_dtype
 from tformer.training.averaging import AVERAGED, RecentWeights
 from tformer.training.checkpoint import (
     check_committable,
@@ -253,31 +257,6 @@ def _load(directory: str | os.PathLike, optimizer_for=None, device: torch.device
     return model, tokenizers, cfg
 
 
-# a bound on what config.json may ask for, checked before anything is allocated (the paper's big
-# model has 213M parameters; this course trains models of a few million)
-MAX_PARAMETERS = 500_000_000
-
-
-def check_model_size(config: TransformerConfig, training: bool = False) -> int:
-    """The parameter count of a Transformer of ``config``, estimated without building it, checked
-    against :data:`MAX_PARAMETERS` and against the memory this machine has available (4 bytes a
-    parameter for the weights; training adds the gradients and Adam's two moments, 16 in all).
-    A ``ValueError`` names the limit and the flags that set the size."""
-    c = config
-    per_layer = 4 * c.d_model * c.d_model + 2 * c.d_model * c.dim_feedforward
-    total = (c.src_vocab_size + c.tgt_vocab_size + c.max_len) * c.d_model + per_layer * (
-        c.num_encoder_layers + 2 * c.num_decoder_layers)
-    sizes = "--d-model, --num-layers, --dim-feedforward, --max-len"
-    if total > MAX_PARAMETERS:
-        raise ValueError(f"the model would have about {total:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
-                         f"the sizes are absurd for this course (choose smaller {sizes})")
-    need = total * (16 if training else 4)
-    free = available_memory()
-    if free is not None and need > free:
-        what = "to train (weights, gradients and Adam's two moments)" if training else "for its weights"
-        raise ValueError(f"the model ({total:.3g} parameters) needs about {need / 2**30:.1f} GiB {what}, more "
-                         f"than the {free / 2**30:.1f} GiB this machine has available; choose smaller {sizes}")
-    return total
 
 
 def _checked_model_config(d: dict) -> TransformerConfig:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tformer.data import corpus, sources, tatoeba
 from tformer.data.corpus import Pair
+from tformer.runtime import available_memory
 
 # TransformerConfig fields (all but the vocabularies): far smaller than the paper's base model
 # (d_model 512, N = 6, 100k steps on 8 GPUs); the built-in corpus is small and regular, and this
@@ -95,3 +96,30 @@ def _fingerprint(pairs: Sequence[Pair]) -> str:
     for p in pairs:
         h.update(f"{p.src}\t{p.tgt}\n".encode())
     return h.hexdigest()
+
+
+# a bound on what config.json may ask for, checked before anything is allocated (the paper's big
+# model has 213M parameters; this course trains models of a few million)
+MAX_PARAMETERS = 500_000_000
+
+
+def check_model_size(config, training: bool = False) -> int:
+    """The parameter count of a Transformer of ``config``, estimated without building it, checked
+    against :data:`MAX_PARAMETERS` and against the memory this machine has available (4 bytes a
+    parameter for the weights; training adds the gradients and Adam's two moments, 16 in all).
+    A ``ValueError`` names the limit and the flags that set the size."""
+    c = config
+    per_layer = 4 * c.d_model * c.d_model + 2 * c.d_model * c.dim_feedforward
+    total = (c.src_vocab_size + c.tgt_vocab_size + c.max_len) * c.d_model + per_layer * (
+        c.num_encoder_layers + 2 * c.num_decoder_layers)
+    sizes = "--d-model, --num-layers, --dim-feedforward, --max-len"
+    if total > MAX_PARAMETERS:
+        raise ValueError(f"the model would have about {total:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
+                         f"the sizes are absurd for this course (choose smaller {sizes})")
+    need = total * (16 if training else 4)
+    free = available_memory()
+    if free is not None and need > free:
+        what = "to train (weights, gradients and Adam's two moments)" if training else "for its weights"
+        raise ValueError(f"the model ({total:.3g} parameters) needs about {need / 2**30:.1f} GiB {what}, more "
+                         f"than the {free / 2**30:.1f} GiB this machine has available; choose smaller {sizes}")
+    return total
