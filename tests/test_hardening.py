@@ -327,3 +327,53 @@ def test_semantic_checks_of_a_loaded_checkpoint(trained, tmp_path):
     add_manifest(tmp_path / "short")
     with pytest.raises(ValueError, match=r"tgt_vocab\.json holds \d+ tokens but the model's tgt_vocab_size is"):
         Translator.from_checkpoint(tmp_path / "short", device="cpu")
+
+
+def test_the_loss_names_target_dtype_range_and_device():
+    from tformer.training.objectives import LabelSmoothingLoss
+
+    loss = LabelSmoothingLoss(0.1, ignore_index=0)
+    logits = torch.randn(2, 3, 7)
+    with pytest.raises(TypeError, match=r"target must hold token ids as torch\.long, got dtype torch\.uint8"):
+        loss(logits, torch.ones(2, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"target id 7 is outside the vocabulary \[0, 7\)"):
+        loss(logits, torch.full((2, 3), 7))
+    with pytest.raises(ValueError, match="target is on meta but logits on cpu"):
+        loss(logits, torch.ones(2, 3, dtype=torch.long, device="meta"))
+    assert torch.isfinite(loss(logits, torch.ones(2, 3, dtype=torch.int32)))
+
+
+def test_a_non_integer_seed_in_the_config_is_refused_by_evaluate(trained, tmp_path, capsys):
+    from tformer.training.checkpoint import add_manifest, read_json, write_json
+
+    _, ck = trained
+    shutil.copytree(ck, tmp_path / "ck")
+    cfg = read_json(tmp_path / "ck" / "config.json")
+    cfg["train"]["seed"] = 1.5  # would split the data otherwise than training did
+    write_json(tmp_path / "ck" / "config.json", cfg)
+    add_manifest(tmp_path / "ck")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ck"), "--data", str(trained[0]), "--threads", "1"]) == 2
+    assert "train.seed is 1.5, not an integer" in _one_line(capsys.readouterr().err)
+
+
+def test_a_bpe_tokenizer_of_another_run_or_a_relabelled_one_is_refused(tmp_path):
+    from helpers import tiny_translation_run
+
+    from tformer.data.text import BPETokenizer
+    from tformer.recipes.tokenizers import BPE_FILE, Tokenizers
+    from tformer.training.checkpoint import save_checkpoint
+
+    english = [p.tgt for p in load_builtin("train")[:300]]
+    first = BPETokenizer.train(english[:150], vocab_size=120)
+    other = BPETokenizer.train(english[150:], vocab_size=120)
+    assert len(first.vocab) == len(other.vocab) and first.vocab.itos != other.vocab.itos
+    model, _opt, _sched, _b, sv, _tv = tiny_translation_run()
+    save_checkpoint(tmp_path / "ck", model, config={"tokenizer": "bpe"},
+                    files={"src_vocab.json": sv, "tgt_vocab.json": first.vocab, BPE_FILE: other})
+    with pytest.raises(ValueError, match="numbers its tokens otherwise than tgt_vocab.json; the files come from different runs"):
+        Tokenizers.load(tmp_path / "ck", "bpe")
+    save_checkpoint(tmp_path / "ok", model, config={"tokenizer": "bpe"},
+                    files={"src_vocab.json": sv, "tgt_vocab.json": first.vocab, BPE_FILE: first})
+    assert Tokenizers.load(tmp_path / "ok", "bpe").bpe is not None
+    with pytest.raises(ValueError, match="says the English side is split by word, but the checkpoint holds a BPE"):
+        Tokenizers.load(tmp_path / "ok", "word")
