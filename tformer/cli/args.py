@@ -69,10 +69,6 @@ def _parsed(text: str, kind: type, ok, expected: str):
     return value
 
 
-def _positive_int(text: str) -> int:
-    return _parsed(text, int, lambda v: v >= 1, "a positive integer")
-
-
 # upper bounds of the size flags, checked before anything is allocated (the paper's big model has
 # d_model 1024, 16 heads, 6 layers, 4096 inner units; this course's models are far smaller)
 LIMITS = {"d_model": 8192, "num_heads": 256, "num_layers": 64, "dim_feedforward": 65536, "max_len": 16384,
