@@ -1,7 +1,7 @@
 # tformer — one entry point for readers, CI and authors.
 #   make book       build the HTML book, English in _build/html and 中文 in _build/html/zh_CN
 #   make translations  extract the English messages and merge them into locales/zh_CN (then translate)
-#   make test       package tests + nbval over every notebook
+#   make test       package tests + nbval over every notebook, on two workers (test-package, test-notebooks: one part)
 #   make lab        JupyterLab on the chapters
 #   make notebooks  re-execute every notebook in place (committed outputs come from committed code)
 #   make bench      run the benchmarks and render the performance page
@@ -37,13 +37,23 @@ book: $(STAMP)
 translations: $(STAMP)
 	$(BIN)/python scripts/translations.py update
 
-test: test-package test-notebooks
+# The tests run on TEST_WORKERS processes (pytest-xdist), each taking a whole test file or notebook
+# at a time (--dist loadfile keeps a notebook's cells in order, in one kernel), longest first (the
+# order is in conftest.py). Every worker and every notebook kernel uses one thread, so two workers
+# fill two cores without waiting on each other's threads. `make test` runs the package tests and
+# the notebooks in one pool: neither needs the other, and together they balance the two workers.
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
+NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+test: $(STAMP)
+	$(PYTEST) $(NBVAL) tests notebooks
 
 test-package: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(PYTEST) tests
 
 test-notebooks: $(STAMP)
-	$(BIN)/python -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+	$(PYTEST) $(NBVAL) notebooks
 
 lab: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lab]'

@@ -49,6 +49,7 @@ from tformer.recipes.translation import (
     load_data,
     train_translation,
 )
+from tformer.training.averaging import average_state_dicts
 from tformer.training.checkpoint import read_json
 
 MODEL_FIELDS = {f.name for f in fields(TransformerConfig)}
@@ -79,12 +80,6 @@ def _scores(translator: Translator, pairs, beam: int) -> dict:
     refs = [[p.tgt for p in pairs]]
     return {"bleu": round(sacrebleu.corpus_bleu(hyps, refs).score, 2),
             "chrf": round(sacrebleu.corpus_chrf(hyps, refs).score, 2)}
-
-
-def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of several saved state dicts (checkpoint averaging, paper §6.1)."""
-    states = [load_file(str(p)) for p in paths]
-    return {k: sum(s[k].double() for s in states).div(len(states)).to(states[0][k].dtype) for k in states[0]}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -133,7 +128,8 @@ def run(args: argparse.Namespace) -> dict:
     # averaging: the final weights and those saved at the end of the k - 1 epochs before them
     for k in args.average:
         if len(snapshots) >= k - 1:
-            weights = average_weights([out / WEIGHTS] + [p for _, p in snapshots[len(snapshots) - (k - 1):]])
+            paths = [out / WEIGHTS] + [p for _, p in snapshots[len(snapshots) - (k - 1):]]
+            weights = average_state_dicts([load_file(str(p)) for p in paths])
             missing, unexpected = translator.model.load_state_dict(weights, strict=False)
             # save_model stores a tied matrix once, under one of its names; the other follows it
             assert not unexpected and set(missing) <= {"generator.weight", "tgt_embed.weight", "src_embed.weight"}

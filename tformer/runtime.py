@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import time
 from collections.abc import Iterator
 
@@ -27,6 +28,32 @@ def _as_device(device: torch.device | str) -> torch.device:
     if not isinstance(device, torch.device):
         raise TypeError(f"device must be a torch.device or a str, got {type(device).__name__}")
     return device
+
+
+def resolve_device(device: torch.device | str | None, name: str = "device") -> torch.device:
+    """:func:`pick_device` for a public function's ``device`` argument: ``None`` picks the fastest,
+    and a name that is not a device, or a device this machine lacks, is a ``ValueError`` naming
+    ``name`` (not a bare error from deep inside torch)."""
+    try:
+        return pick_device(device)
+    except ValueError as error:
+        raise ValueError(str(error).replace("prefer=", f"{name}=", 1)) from None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give a process (``MemAvailable`` of
+    ``/proc/meminfo``; the free pages elsewhere), or None where neither is known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _mps_available() -> bool:

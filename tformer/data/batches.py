@@ -130,7 +130,7 @@ def make_batches(
         t = tgt_vocab.encode(tgt_tokenize(pair[1]), add_bos=True, add_eos=True)
         if not s or len(t) < 3:
             continue  # an empty side has nothing to learn from
-        if max_len is not None and (len(s) > max_len or len(t) - 1 > max_len):
+        if max_len is not None and too_long(len(s), len(t), max_len):
             continue
         encoded.append((i, s, t))
     rng = random.Random(seed)
@@ -158,6 +158,13 @@ def make_batches(
         rng.shuffle(groups)
     return [collate([e[1] for e in g], [e[2] for e in g], [e[0] for e in g], src_vocab.pad_id)
             for g in groups]
+
+
+def too_long(src_len: int, tgt_len: int, max_len: int) -> bool:
+    """Whether :func:`make_batches` drops a pair for ``max_len``: its source ids, or its target ids
+    (``<bos>`` and ``<eos>`` included) less one (the length of ``tgt_in`` and ``tgt_out``), are more
+    than ``max_len``."""
+    return src_len > max_len or tgt_len - 1 > max_len
 
 
 def padding_fraction(batches: Iterable[Batch]) -> float:

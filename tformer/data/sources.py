@@ -51,15 +51,40 @@ def read_tsv_pairs(path: str | Path, src_col: int = 1, tgt_col: int = 0,
     return parse_tsv_lines(lines(), str(path), src_col, tgt_col, errors, columns)
 
 
-def _decode_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[str | None, str | None]]:
-    """``(text, None)`` per line, or ``(None, problem)`` for a line of bytes that is not UTF-8."""
+_WIDE_BOMS = [(codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+              (codecs.BOM_UTF16_BE, "UTF-16")]
+
+
+def _not_utf8(name: str, raw: bytes) -> str | None:
+    """Why the first line of a file says it is UTF-16/32 rather than UTF-8 (None when it does not)."""
+    for bom, encoding in _WIDE_BOMS:
+        if raw.startswith(bom):
+            return f"it starts with the byte-order mark of {encoding}"
+    if b"\x00" in raw:
+        return "it has NUL bytes between its characters (UTF-16 or UTF-32 text, or binary data)"
+    return None
+
+
+def _decode_lines(lines: Iterable[str | bytes], name: str = "the file") -> Iterator[tuple[str | None, str | None]]:
+    """``(text, None)`` per line, or ``(None, problem)`` for a line of bytes that is not UTF-8. A file
+    in another encoding (UTF-16, UTF-32) is refused at its first line, whatever ``errors`` says:
+    skipping its lines one by one would hide the real problem, or read NULs as text."""
     offset = 0
     for lineno, raw in enumerate(lines, start=1):
         if isinstance(raw, str):
+            if "\x00" in raw:
+                yield None, "it holds a NUL character (binary data, or text decoded with the wrong encoding)"
+                continue
             yield (raw[1:] if lineno == 1 and raw.startswith("\ufeff") else raw), None
             continue
+        if lineno == 1 and (why := _not_utf8(name, raw)) is not None:
+            raise ValueError(f"{name} is not UTF-8 text: {why}; save it as UTF-8 (e.g. "
+                             f"iconv -f UTF-16 -t UTF-8 {name} > fixed.tsv) and read that file")
         start = offset
         offset += len(raw)
+        if b"\x00" in raw:
+            yield None, f"byte 0x00 (NUL) at byte {start + raw.index(0)} of the file is not text"
+            continue
         if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
             raw, start = raw[len(codecs.BOM_UTF8):], start + len(codecs.BOM_UTF8)
         try:
@@ -90,25 +115,30 @@ def parse_tsv_lines(lines: Iterable[str | bytes], name: str, src_col: int = 1, t
     if columns is not None:
         _checks.int_at_least("columns", columns, max(src_col, tgt_col) + 1,
                              f"an int >= {max(src_col, tgt_col) + 1} (src_col={src_col}, tgt_col={tgt_col})")
-    decoded = list(_decode_lines(lines))
-    width = columns
+    decoded = list(_decode_lines(lines, name))
+    need = max(src_col, tgt_col) + 1
+    width, widths = columns, {columns}
     if width is None:
         counts = Counter(len(text.rstrip("\r\n").split("\t")) for text, _ in decoded
                          if text is not None and text.strip())
-        width = counts.most_common(1)[0][0] if counts else max(src_col, tgt_col) + 1
+        width = counts.most_common(1)[0][0] if counts else need
+        # the sides alone, or the sides and one attribution column: both are Tatoeba's format, and
+        # a file may mix them; a count that only a stray line has (a header) is not a format
+        enough = max(2, sum(counts.values()) // 20)
+        widths = {width} | {w for w in (need, need + 1) if counts[w] >= enough}
     out = PairList()
     for lineno, (text, problem) in enumerate(decoded, start=1):
-        reason = "not UTF-8" if problem else None
+        reason = ("not text" if "NUL" in problem else "not UTF-8") if problem else None
         line = ""
         if text is not None:
             line = text.rstrip("\r\n")
             if not line.strip():
                 continue
             cols = [c.strip() for c in line.split("\t")]
-            if len(cols) != width or len(cols) <= max(src_col, tgt_col):
-                need = max(width, max(src_col, tgt_col) + 1)
+            if len(cols) not in widths or len(cols) < need:
                 reason = "wrong column count"
-                problem = f"expected {need} tab-separated columns, got {len(cols)}"
+                expected = " or ".join(str(w) for w in sorted(widths | {max(width, need)}) if w >= need)
+                problem = f"expected {expected} tab-separated columns, got {len(cols)}"
             elif not cols[src_col] or not cols[tgt_col]:
                 side = "source" if not cols[src_col] else "target"
                 reason, problem = "empty side", f"the {side} column is empty"

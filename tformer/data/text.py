@@ -194,10 +194,19 @@ class BPETokenizer:
         vocab = tokenizer.get_vocab()
         self.vocab = Vocab(sorted(vocab, key=vocab.__getitem__))
 
+    # bounds checked before the Rust library allocates anything (it aborts the process on an
+    # absurd request): real systems use 30k-260k tokens, this course 4k-8k
+    MAX_VOCAB_SIZE = 262_144
+    MAX_FILE_BYTES = 32 * 2**20  # a 260k-token tokenizer file is about 10 MB
+
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> BPETokenizer:
-        """Learn merges from an iterable of sentences."""
+        """Learn merges from an iterable of sentences (at most :attr:`MAX_VOCAB_SIZE` tokens)."""
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 0 < vocab_size <= cls.MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size={vocab_size!r} must be an int in [1, {cls.MAX_VOCAB_SIZE}] "
+                             "(a few thousand tokens suit the course's corpora)")
 
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.normalizer = normalizers.NFKC()
@@ -226,7 +235,15 @@ class BPETokenizer:
     def load(cls, path: str | Path) -> BPETokenizer:
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(str(path)))
+        size = Path(path).stat().st_size
+        if size > cls.MAX_FILE_BYTES:
+            raise ValueError(f"{path} is {size / 2**20:.0f} MiB, more than the {cls.MAX_FILE_BYTES // 2**20} MiB "
+                             f"a tokenizer of at most {cls.MAX_VOCAB_SIZE} tokens needs; it is not a file "
+                             "tformer wrote")
+        tok = cls(Tokenizer.from_file(str(path)))
+        if len(tok.vocab) > cls.MAX_VOCAB_SIZE:
+            raise ValueError(f"{path} holds {len(tok.vocab)} tokens, more than {cls.MAX_VOCAB_SIZE}")
+        return tok
 
 
 class CharTokenizer:

@@ -179,9 +179,16 @@ def generate(
         ``(B, T + n)`` ids, ``n <= max_new_tokens`` (fewer when every row has produced ``eos_id``;
         a finished row is then filled with ``pad_id``).
     """
+    if hasattr(model, "encode") or not hasattr(model, "new_caches"):
+        raise TypeError(f"generate continues a decoder-only model (GPT, Llama, with new_caches), got "
+                        f"{type(model).__name__}; decode a Transformer with greedy_decode() or beam_search()")
     _checks.tensor("idx", idx, floating=False)
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    _check_ids("idx", idx, model, vocab)
+    if eos_id is not None:
+        _check_token_id("eos_id", eos_id, vocab)
     _checks.int_at_least("max_new_tokens", max_new_tokens, 0)
     _check_sampling(temperature, top_k, top_p)
 
@@ -195,6 +202,56 @@ def generate(
         out = _autoregress(_lm_step(model), model.new_caches if use_cache else None, idx,
                            max_new_tokens, pick, window=window, eos_id=eos_id, pad_id=pad_id)
     return out.clone()  # a normal tensor again, usable in autograd outside inference mode
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+# candidates beam search may score in one step (batch x beam x vocabulary), checked before allocation
+MAX_BEAM_SCORES = 2**27
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return None
+
+
+def _check_ids(name: str, ids: torch.Tensor, model: nn.Module, vocab_size: int | None) -> None:
+    """Token ids a model can embed: an integer dtype torch's embedding takes, within the
+    vocabulary, on the model's device; a ``TypeError``/``ValueError`` naming ``name`` otherwise."""
+    if ids.dtype not in (torch.long, torch.int32):
+        raise TypeError(f"{name} must hold token ids as torch.long (or torch.int32), got dtype {ids.dtype}; "
+                        f"convert it with {name}.long()")
+    device = _model_device(model)
+    if device is not None and ids.device != device:
+        raise ValueError(f"{name} is on {ids.device} but the model is on {device}; move one to the other "
+                         f"({name}.to(model_device) or model.to({str(ids.device)!r}))")
+    if ids.numel() and vocab_size is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ValueError(f"{name} holds token id {bad}, outside the vocabulary 0..{vocab_size - 1} of the model")
+
+
+def _check_token_id(name: str, value: object, vocab_size: int | None) -> None:
+    if vocab_size is None:
+        _checks.int_at_least(name, value, 0, "a token id >= 0")
+    else:
+        _checks.int_at_least(name, value, 0, f"a token id in [0, {vocab_size})")
+        if value >= vocab_size:
+            raise ValueError(f"{name}={value!r} must be a token id in [0, {vocab_size})")
+
+
+def _check_translator(model: nn.Module, src: torch.Tensor, fn: str, bos_id: object, eos_id: object) -> None:
+    """The checks every public decoder of an encoder–decoder model starts with."""
+    if not (hasattr(model, "encode") and hasattr(model, "decode")):
+        raise TypeError(f"{fn} decodes an encoder–decoder model (a Transformer, with encode and decode), got "
+                        f"{type(model).__name__}; continue a decoder-only model with generate()")
+    _checks.tensor("src", src, ndim_min=2, floating=False)
+    config = getattr(model, "config", None)
+    _check_ids("src", src, model, getattr(config, "src_vocab_size", None))
+    vocab = getattr(config, "tgt_vocab_size", None)
+    _check_token_id("bos_id", bos_id, vocab)
+    _check_token_id("eos_id", eos_id, vocab)
 
 
 # --------------------------------------------------------------------------- translation
@@ -246,6 +303,7 @@ def greedy_decode(
         ``(B, T)`` token ids without the leading <bos>; a finished row holds its <eos> and then
         ``pad_id``.
     """
+    _check_translator(model, src, "greedy_decode", bos_id, eos_id)
     src_mask, max_len = _prepare(model, src, src_mask, max_len)
     with eval_mode(model):
         memory = model.encode(src, src_mask)  # (B, S, d_model)
@@ -313,8 +371,13 @@ def beam_search(
         ``(B, T)`` ids without <bos>, like :func:`greedy_decode`: T is the number of steps run, a
         finished row holds its <eos> and then ``pad_id``.
     """
+    _check_translator(model, src, "beam_search", bos_id, eos_id)
     _checks.positive_int("beam_size", beam_size)
-    alpha = _checks.real_between("alpha", alpha, -1e-12, math.inf, "a length penalty >= 0, e.g. 0.6")
+    if src.shape[0] * beam_size * model.config.tgt_vocab_size > MAX_BEAM_SCORES:
+        raise ValueError(f"beam_size={beam_size} for {src.shape[0]} sentences and {model.config.tgt_vocab_size} "
+                         f"target tokens scores more than {MAX_BEAM_SCORES:.3g} candidates a step; use a "
+                         "beam of 4-10, as translation systems do")
+    alpha = _checks.real_between("alpha", alpha, -1e-12, 100.0, "a finite length-penalty exponent >= 0, e.g. 0.6")
     if beam_size == 1:
         return greedy_decode(model, src, src_mask, max_len=max_len, bos_id=bos_id, eos_id=eos_id)
     src_mask, max_len = _prepare(model, src, src_mask, max_len)

@@ -14,11 +14,8 @@ thousand of them cover almost any text.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import random
 import warnings
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -27,22 +24,40 @@ import torch
 from torch import nn
 
 import tformer._checks as _checks
-from tformer.data import corpus, sources, tatoeba
-from tformer.data.batches import Batch, make_batches
 from tformer.data.corpus import Pair
-from tformer.data.text import SPECIALS, BPETokenizer, Vocab, detokenize_en, tokenize_en, tokenize_zh
+from tformer.data.text import SPECIALS
 from tformer.inference.attention_maps import cross_attention
 from tformer.inference.generation import beam_search, greedy_decode
 from tformer.metrics import bleu
 from tformer.nn.transformer import Transformer, TransformerConfig
-from tformer.runtime import PRECISIONS, pick_device, resolve_precision, unwrap
+from tformer.recipes.tokenizers import BPE_FILE as BPE_FILE
+from tformer.recipes.tokenizers import KINDS, Tokenizers
+from tformer.recipes.translation_data import (
+    DATA_DEFAULTS,
+    SMALL_MODEL,
+    TOKENIZER_KEYS,
+    _fingerprint,
+    check_model_size,
+)
+from tformer.recipes.translation_data import (
+    MAX_PARAMETERS as MAX_PARAMETERS,
+)
+from tformer.recipes.translation_data import (
+    load_data as load_data,
+)
+from tformer.recipes.translation_data import (
+    tokenizer_for as tokenizer_for,
+)
+from tformer.runtime import PRECISIONS, resolve_device, resolve_precision
+from tformer.training.averaging import AVERAGED, RecentWeights
 from tformer.training.checkpoint import (
-    ModelFile,
+    check_committable,
+    listed,
     load_checkpoint,
     load_model_file,
     lock_directory,
     read_config,
-    read_json,
+    read_consistently,
     recover,
     save_checkpoint,
 )
@@ -50,113 +65,7 @@ from tformer.training.loop import TrainState, fit
 from tformer.training.objectives import LabelSmoothingLoss
 from tformer.training.optim import make_optimizer, noam_scheduler
 
-# --------------------------------------------------------------------------- tokenization
-
-KINDS = ("word", "bpe")
-BPE_FILE = "tgt_tokenizer.json"
-
-
-class Tokenizers:
-    """How both sides of the language pair become ids, and back: the one place that knows it.
-
-    Args:
-        kind: ``"word"`` (English words) or ``"bpe"`` (a trained :class:`BPETokenizer`).
-        src_vocab, tgt_vocab: the vocabularies (for ``"bpe"``, ``tgt_vocab`` is ``bpe.vocab``).
-        bpe: the English BPE tokenizer when ``kind == "bpe"``.
-    """
-
-    def __init__(self, kind: str, src_vocab: Vocab, tgt_vocab: Vocab, bpe: BPETokenizer | None = None) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"tokenizer={kind!r} must be one of {list(KINDS)}")
-        if (kind == "bpe") != (bpe is not None):
-            raise ValueError(f"tokenizer={kind!r} needs bpe={'a BPETokenizer' if kind == 'bpe' else 'None'}")
-        self.kind, self.src_vocab, self.tgt_vocab, self.bpe = kind, src_vocab, tgt_vocab, bpe
-        self.tokenize_src = tokenize_zh
-        self.tokenize_tgt = tokenize_en if bpe is None else bpe.tokenize
-
-    @classmethod
-    def build(cls, train: Sequence[Pair], kind: str = "word", *, bpe_vocab_size: int = 8000,
-              min_freq: int = 1) -> Tokenizers:
-        """Learn the vocabularies (and, for ``"bpe"``, the merges) from the training pairs only."""
-        if kind not in KINDS:
-            raise ValueError(f"tokenizer={kind!r} must be one of {list(KINDS)}")
-        src = Vocab.build([tokenize_zh(p.src) for p in train], min_freq=min_freq)
-        if kind == "word":
-            return cls(kind, src, Vocab.build([tokenize_en(p.tgt) for p in train], min_freq=min_freq))
-        _checks.integer("bpe_vocab_size", bpe_vocab_size, minimum=len(SPECIALS) + 1, why=" (the special tokens)")
-        bpe = BPETokenizer.train((p.tgt for p in train), vocab_size=bpe_vocab_size)
-        return cls(kind, src, bpe.vocab, bpe)
-
-    def detokenize_tgt(self, tokens: Sequence[str]) -> str:
-        if self.bpe is None:
-            return detokenize_en(tokens)
-        # a lone word-start piece "▁" decodes to an extra space; BLEU wants single spaces
-        return " ".join(self.bpe.detokenize(tokens).split())
-
-    def files(self) -> dict[str, object]:
-        """What a checkpoint stores: the vocabularies, and the BPE tokenizer's own file."""
-        out: dict[str, object] = {"src_vocab.json": self.src_vocab, "tgt_vocab.json": self.tgt_vocab}
-        if self.bpe is not None:
-            out[BPE_FILE] = self.bpe
-        return out
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, kind: str) -> Tokenizers:
-        """Read back what :meth:`files` wrote into a checkpoint directory."""
-        directory = Path(directory)
-        if kind not in KINDS:
-            raise ValueError(f"unsupported tokenizer {kind!r} in {directory / 'config.json'}; expected one of {list(KINDS)}")
-        src, tgt = (Vocab.from_dict(read_json(directory / name)) for name in ("src_vocab.json", "tgt_vocab.json"))
-        if kind == "word":
-            return cls(kind, src, tgt)
-        path = directory / BPE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"checkpoint file {path} is missing (config.json says the target side uses the BPE "
-                f"tokenizer saved in {BPE_FILE})"
-            )
-        try:
-            bpe = BPETokenizer.load(path)
-        except Exception as error:  # tokenizers raises its own exception type for a bad file
-            raise ValueError(f"checkpoint file {path} is corrupt (not a tokenizers JSON file: {error})") from None
-        if len(bpe.vocab) != len(tgt):
-            raise ValueError(
-                f"the BPE tokenizer in {directory} knows {len(bpe.vocab)} tokens but tgt_vocab.json "
-                f"holds {len(tgt)}; the files come from different runs"
-            )
-        return cls(kind, src, tgt, bpe)
-
-    def batches(self, pairs: Sequence[Pair], **kwargs) -> list[Batch]:
-        """:func:`tformer.data.batches.make_batches` with these tokenizers and vocabularies."""
-        return make_batches(pairs, self.src_vocab, self.tgt_vocab, self.tokenize_src, self.tokenize_tgt,
-                            **kwargs)
-
-
 # --------------------------------------------------------------------------- settings
-
-# TransformerConfig fields (all but the vocabularies): far smaller than the paper's base model
-# (d_model 512, N = 6, 100k steps on 8 GPUs); the built-in corpus is small and regular, and this
-# size reaches BLEU ≥ 90 on it in about three minutes on two CPU cores.
-SMALL_MODEL = dict(d_model=128, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
-                   dim_feedforward=512, dropout=0.1, max_len=128)
-
-
-# The recipe for the shipped Tatoeba pairs (``--data tatoeba``), chosen by experiment on the
-# validation split (scripts/tatoeba_recipes.py; the table in chapter 8). Real sentences have a large,
-# open English vocabulary, hence BPE; fifteen minutes on two cores is the budget it was tuned for.
-DATA_DEFAULTS: dict[str, dict] = {
-    "tatoeba": dict(tokenizer="bpe", bpe_vocab_size=4000, max_minutes=15.0, epochs=100, average=3,
-                    beam_size=4, alpha=1.5,
-                    model=dict(d_model=128, num_heads=4, dim_feedforward=512, dropout=0.1,
-                               attention_dropout=0.0, activation_dropout=0.0)),
-}
-TOKENIZER_KEYS = ("tokenizer", "bpe_vocab_size")
-
-
-def tokenizer_for(source: str) -> tuple[str, int]:
-    """``(tokenizer, bpe_vocab_size)`` defaults for ``--data source``."""
-    preset = DATA_DEFAULTS.get(source, {})
-    return preset.get("tokenizer", "word"), preset.get("bpe_vocab_size", 8000)
 
 
 @dataclass
@@ -229,45 +138,6 @@ class Settings:
         return cls(model=model, **{**preset, **changes})
 
 
-# --------------------------------------------------------------------------- data
-
-
-def load_data(source: str, *, seed: int = 0, errors: str = "raise", log=print) -> dict[str, list[Pair]]:
-    """``"builtin"`` → the built-in splits; ``"tatoeba"`` → the shipped Tatoeba pairs in their fixed
-    splits (:func:`tformer.data.tatoeba.tatoeba_splits`); a path → a Tatoeba-style TSV split
-    90/5/5 with ``seed``.
-
-    Every split is deterministic, so ``evaluate`` finds the same held-out test sentences that
-    ``train`` never saw.
-    """
-    if source == "builtin":
-        return corpus.builtin_splits()
-    if source == "tatoeba":
-        return tatoeba.tatoeba_splits()
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"--data {source!r}: no such file (use 'builtin' for the built-in corpus or 'tatoeba' for "
-            "the shipped Tatoeba sentences)"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the count of skipped lines is printed below instead
-        pairs = sources.read_tsv_pairs(path, errors=errors)
-    tatoeba.check_direction(pairs, str(path))
-    skipped = getattr(pairs, "skipped", 0)
-    if skipped and log is not None:
-        log(f"skipped {skipped} malformed line(s) of {path} ({sources.skip_summary(pairs)})")
-    if len(pairs) < 10:
-        raise ValueError(f"{path} holds only {len(pairs)} usable sentence pairs; training needs at least 10")
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    n_hold = max(1, len(pairs) // 20)
-    test = [pairs[i] for i in order[:n_hold]]
-    valid = [pairs[i] for i in order[n_hold : 2 * n_hold]]
-    train = [pairs[i] for i in order[2 * n_hold :]]
-    return {"train": train, "valid": valid, "test": test}
-
-
 # --------------------------------------------------------------------------- text in, text out
 
 
@@ -285,7 +155,7 @@ class Translator:
             raise TypeError(f"tokenizers must be a Tokenizers, got {type(tokenizers).__name__}")
         self.model, self.tokenizers = model, tokenizers
         self.src_vocab, self.tgt_vocab = tokenizers.src_vocab, tokenizers.tgt_vocab
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
 
     @classmethod
@@ -298,10 +168,14 @@ class Translator:
         ``average > 1`` translates with its averaged weights (``averaged.safetensors``) unless
         ``averaged=False`` asks for the last ones.
         """
-        model, tokenizers, _ = _load(directory)
-        if averaged and (Path(directory) / AVERAGED).is_file():
-            load_model_file(directory, AVERAGED, model)
-        return cls(model.eval(), tokenizers, device or pick_device())
+        def read():  # every file from one save, even while a training run commits the next
+            model, tokenizers, _ = _load(directory)
+            if averaged and listed(directory, AVERAGED):
+                load_model_file(directory, AVERAGED, model)
+            return model, tokenizers
+
+        model, tokenizers = read_consistently(directory, read)
+        return cls(model.eval(), tokenizers, resolve_device(device))
 
     def encode(self, sentences: Sequence[str]) -> torch.Tensor:
         """Tokenize and pad source sentences → ids ``(B, S)`` (unknown characters → <unk>)."""
@@ -337,6 +211,9 @@ class Translator:
             sentences = [sentences]
         if len(sentences) == 0:
             raise ValueError("sentences is empty; give at least one sentence to translate")
+        _checks.positive_int("batch_size", batch_size)
+        _checks.positive_int("beam_size", beam_size)
+        _checks.real_between("alpha", alpha, -1e-12, 10.0, "a length penalty in [0, 10), e.g. 0.6")
         out: list[str] = []
         kw = {"bos_id": self.tgt_vocab.bos_id, "eos_id": self.tgt_vocab.eos_id, "max_len": max_len}
         for i in range(0, len(sentences), batch_size):
@@ -376,12 +253,15 @@ def _load(directory: str | os.PathLike, optimizer_for=None, device: torch.device
     except (TypeError, ValueError) as error:
         raise ValueError(f"{Path(directory) / 'config.json'} holds an invalid model config: {error}") from None
     load_checkpoint(directory, model, restore_rng=False, device=device)
-    return model, Tokenizers.load(directory, cfg.get("tokenizer", "word")), cfg
+    tokenizers = Tokenizers.load(directory, cfg.get("tokenizer", "word"))
+    for side, vocab, size in (("src", tokenizers.src_vocab, model.config.src_vocab_size),
+                              ("tgt", tokenizers.tgt_vocab, model.config.tgt_vocab_size)):
+        if len(vocab) != size:  # ids past the table would be out of range, or never produced
+            raise ValueError(f"{Path(directory) / f'{side}_vocab.json'} holds {len(vocab)} tokens but the model's "
+                             f"{side}_vocab_size is {size}; the files come from different runs")
+    return model, tokenizers, cfg
 
 
-# a bound on what config.json may ask for, checked before anything is allocated (the paper's big
-# model has 213M parameters; this course trains models of a few million)
-MAX_PARAMETERS = 2_000_000_000
 
 
 def _checked_model_config(d: dict) -> TransformerConfig:
@@ -393,22 +273,8 @@ def _checked_model_config(d: dict) -> TransformerConfig:
     if missing:
         raise ValueError(f"fields {missing} are missing")
     config = TransformerConfig.from_dict(d)
-    c = config
-    per_layer = 4 * c.d_model * c.d_model + 2 * c.d_model * c.dim_feedforward
-    total = (c.src_vocab_size + c.tgt_vocab_size + c.max_len) * c.d_model + per_layer * (
-        c.num_encoder_layers + 2 * c.num_decoder_layers)
-    if total > MAX_PARAMETERS:
-        raise ValueError(f"the model would have about {total:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
-                         "the sizes are absurd for a checkpoint of this course")
+    check_model_size(config)
     return config
-
-
-def _fingerprint(pairs: Sequence[Pair]) -> str:
-    """sha256 of the training pairs: a resumed run must read the very sentences it started on."""
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update(f"{p.src}\t{p.tgt}\n".encode())
-    return h.hexdigest()
 
 
 def evaluate_bleu(translator: Translator, pairs: list[Pair], *, beam_size: int = 1,
@@ -425,74 +291,6 @@ def decoding_defaults(directory: str | os.PathLike) -> tuple[int, float]:
     :class:`Settings`; greedy for a checkpoint that predates them)."""
     train = read_config(directory).get("train") or {}
     return int(train.get("beam_size", 1)), float(train.get("alpha", 0.6))
-
-
-AVERAGED = "averaged.safetensors"
-
-
-class RecentWeights:
-    """Checkpoint averaging (§6.1 of the paper averages the last 5 checkpoints of the base model).
-
-    :meth:`record` is called at every save: it keeps, on the CPU, the weights at the last ``k``
-    epoch ends, and the averaged weights are the mean of the last ``k`` states a save saw — at a
-    stop in mid-epoch, the current weights and the ``k - 1`` epoch ends before them. Both are saved
-    with the checkpoint (``recent-<i>.safetensors``, oldest first, and ``averaged.safetensors``), so a
-    resumed run averages exactly what an uninterrupted one would."""
-
-    def __init__(self, k: int):
-        self.k = _checks.positive_int("average", k)
-        self.snapshots: deque[dict[str, torch.Tensor]] = deque(maxlen=self.k)
-        self.averaged: dict[str, torch.Tensor] | None = None
-
-    @staticmethod
-    def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
-        # each tensor cloned on its own: tied weights must not share storage in a safetensors file
-        return {n: t.detach().to("cpu", copy=True) for n, t in unwrap(model).state_dict().items()}
-
-    def record(self, model: nn.Module, epoch_end: bool) -> dict[str, torch.Tensor]:
-        """Note the weights of a save (kept when it is an epoch end); returns the new mean."""
-        current = self._copy(model)
-        if epoch_end:
-            self.snapshots.append(current)
-            states = list(self.snapshots)
-        else:
-            states = [*list(self.snapshots)[len(self.snapshots) - (self.k - 1):], current] if self.k > 1 else [current]
-        self.averaged = {n: (sum(s[n].double() for s in states) / len(states)).to(t.dtype)
-                         if t.is_floating_point() else t for n, t in current.items()}
-        return self.averaged
-
-    def files(self, model: nn.Module) -> dict[str, object]:
-        """What the checkpoint stores for averaging: the mean (as a model file) and the epoch ends."""
-        import copy
-
-        if self.averaged is None:
-            raise ValueError("record() the weights before saving them")
-        twin = copy.deepcopy(unwrap(model)).cpu()
-        twin.load_state_dict(self.averaged)
-        out: dict[str, object] = {AVERAGED: ModelFile(twin)}
-        for i, snapshot in enumerate(self.snapshots):
-            out[f"recent-{i}.safetensors"] = _TensorFile(snapshot)
-        return out
-
-    def load(self, directory: str | os.PathLike) -> None:
-        """Read back the epoch ends a checkpoint recorded (none for a run without averaging)."""
-        from safetensors.torch import load_file
-
-        self.snapshots.clear()
-        i = 0
-        while (Path(directory) / f"recent-{i}.safetensors").is_file():
-            self.snapshots.append(load_file(str(Path(directory) / f"recent-{i}.safetensors")))
-            i += 1
-
-
-class _TensorFile:
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.tensors = tensors
-
-    def save(self, path: str) -> None:
-        from safetensors.torch import save_file
-
-        save_file(self.tensors, path)
 
 
 def train_translation(
@@ -533,10 +331,11 @@ def train_translation(
             pass
     if tokenizer not in KINDS:
         raise ValueError(f"tokenizer={tokenizer!r} must be one of {sorted(KINDS)}")
-    device = torch.device(device) if device is not None else pick_device()
+    device = resolve_device(device)
     resolve_precision(s.precision, device)  # bf16 where the hardware has none fails here, before any work
     if out_dir is not None:
         out_dir = recover(out_dir)  # also finishes what a killed save left
+        check_committable(out_dir)  # a save could never replace it: refused before any training
     # a directory with anything in it is resumed (or refused with the reason), never restarted over
     resuming = resume and out_dir is not None and out_dir.is_dir() and any(out_dir.iterdir())
     fingerprint = _fingerprint(splits.get("train", []))
@@ -562,7 +361,9 @@ def train_translation(
                 warnings.warn(f"min_freq={s.min_freq} leaves the {side} vocabulary with only the "
                               f"{len(SPECIALS)} special tokens: every word becomes <unk>; lower min_freq",
                               stacklevel=2)
-        model = Transformer(s.model_config(len(tok.src_vocab), len(tok.tgt_vocab), tok.src_vocab.pad_id)).to(device)
+        config = s.model_config(len(tok.src_vocab), len(tok.tgt_vocab), tok.src_vocab.pad_id)
+        check_model_size(config, training=True)  # before anything is allocated
+        model = Transformer(config).to(device)
     optimizer = make_optimizer(model)
     scheduler = noam_scheduler(optimizer, model.config.d_model, s.warmup, s.lr_factor)
     state = None
@@ -585,6 +386,11 @@ def train_translation(
     def batches(pairs, **kw):
         return tok.batches(pairs, max_tokens=s.batch_tokens, max_len=model.config.max_len - 1, **kw)
 
+    for split in ("train", "valid"):  # pairs that no batch can hold are counted, never dropped silently
+        dropped = tok.count_too_long(splits.get(split, []), model.config.max_len - 1)
+        if dropped:
+            log(f"{split} {len(splits[split])} pairs, {dropped} longer than max_len {model.config.max_len} "
+                f"(--max-len) dropped; raise --max-len to keep them")
     valid = batches(splits["valid"], shuffle=False) if splits.get("valid") else None
     # one writer per directory (re-entrant: the CLI already holds it); Ctrl-C saves, then raises
     with lock_directory(out_dir) if out_dir is not None else contextlib.nullcontext():

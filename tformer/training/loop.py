@@ -44,19 +44,27 @@ DIVERGENCE_WARMUP = 20
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`fit` between two steps; ``state`` is where it stopped (already handed
-    to ``on_checkpoint``, so the run can resume from there)."""
+    """Ctrl-C (or SIGTERM, SIGHUP) stopped :func:`fit` between two steps; ``state`` is where it
+    stopped (already handed to ``on_checkpoint``, so the run can resume from there) and
+    ``signum`` the signal that asked."""
 
-    def __init__(self, state: TrainState) -> None:
+    def __init__(self, state: TrainState, signum: int = signal.SIGINT) -> None:
         super().__init__(f"interrupted at step {state.step}")
         self.state = state
+        self.signum = int(signum)
+
+
+# what asks a run to stop: Ctrl-C, `kill`/`timeout`/`docker stop` (SIGTERM), a closed terminal or
+# ssh session (SIGHUP); each saves the run at the next step boundary
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _Interrupt:
-    """A Ctrl-C (SIGINT) handler that asks the loop to stop at the next step boundary, so a
-    checkpoint is never taken in the middle of an optimizer step; a second Ctrl-C stops at once."""
+    """A handler of the stop signals that asks the loop to stop at the next step boundary, so a
+    checkpoint is never taken in the middle of an optimizer step; a second signal stops at once."""
 
     requested = False
+    signum = signal.SIGINT
 
     @classmethod
     @contextlib.contextmanager
@@ -64,19 +72,21 @@ class _Interrupt:
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be set from the main thread
             return
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
 
         def handler(signum, frame):
             if cls.requested:
                 raise KeyboardInterrupt
-            cls.requested = True
+            cls.requested, cls.signum = True, signum
 
-        cls.requested = False
-        signal.signal(signal.SIGINT, handler)
+        cls.requested, cls.signum = False, signal.SIGINT
+        for s in STOP_SIGNALS:
+            signal.signal(s, handler)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, h in previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
             cls.requested = False
 
 
@@ -382,7 +392,7 @@ def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer,
             if is_main and on_checkpoint is not None:
                 on_checkpoint(state)
             if result.interrupted:
-                raise TrainingInterrupted(state)
+                raise TrainingInterrupted(state, _Interrupt.signum)
             return state
         state.history["train_loss"].append(state.loss_sum / max(state.tokens, 1))
         if valid_batches is not None:
@@ -399,7 +409,7 @@ def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer,
         if is_main and on_checkpoint is not None and state.epoch < epochs:
             on_checkpoint(state)
         if _Interrupt.requested and state.epoch < epochs:  # Ctrl-C during validation or the save
-            raise TrainingInterrupted(state)
+            raise TrainingInterrupted(state, _Interrupt.signum)
     state.finished = True
     if is_main and on_checkpoint is not None:
         on_checkpoint(state)

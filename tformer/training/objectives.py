@@ -39,6 +39,12 @@ class LabelSmoothingLoss(nn.Module):
         """``logits`` (..., V) float, ``target`` (...) long → scalar (or (...) with ``"none"``)."""
         _checks.tensor("logits", logits, ndim_min=2, floating=True)
         _checks.tensor("target", target, ndim_min=1, floating=False)
+        if target.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"target must hold token ids as torch.long, got dtype {target.dtype}; convert it "
+                            "with target.long()")
+        if target.device != logits.device:
+            raise ValueError(f"target is on {target.device} but logits on {logits.device}; move target "
+                             "to the logits' device")
         if logits.shape[:-1] != target.shape:
             raise ValueError(
                 f"logits {tuple(logits.shape)} must be target's shape {tuple(target.shape)} plus a "
@@ -47,7 +53,7 @@ class LabelSmoothingLoss(nn.Module):
         V = logits.shape[-1]
         logp = F.log_softmax(logits.float(), dim=-1)  # (..., V)
         keep = target != self.ignore_index  # (...)
-        safe = target.masked_fill(~keep, 0)
+        safe = target.long().masked_fill(~keep, 0)
         if ((safe < 0) | (safe >= V)).any():
             bad = safe[(safe < 0) | (safe >= V)][0].item()
             raise ValueError(f"target id {bad} is outside the vocabulary [0, {V})")

@@ -1,0 +1,2 @@
+"""The pieces of ``python -m tformer`` (:mod:`tformer.__main__`): argument parsing and checks
+(:mod:`.args`), the choice of a thread count (:mod:`.threads`)."""
