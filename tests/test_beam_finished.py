@@ -256,5 +256,5 @@ def test_each_sentence_of_a_batch_gets_what_it_would_get_alone():
 
 
 def test_a_negative_length_penalty_is_rejected():
-    with pytest.raises(ValueError, match=r"alpha=-0.5 must be a length penalty >= 0"):
+    with pytest.raises(ValueError, match=r"alpha=-0.5 must be a finite length-penalty exponent >= 0"):
         beam_search(StepTable(ISSUE_TABLE), torch.tensor([[7]]), alpha=-0.5, bos_id=BOS, eos_id=EOS)

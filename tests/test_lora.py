@@ -23,7 +23,7 @@ from tformer.nn.lora import (
     unmerge_lora,
 )
 from tformer.training.adapters import load_lora, save_lora
-from tformer.training.checkpoint import save_checkpoint
+from tformer.training.checkpoint import add_manifest, save_checkpoint
 
 V = 50
 LLAMA_TARGETS = ["w_q", "w_k", "w_v", "w_o", "gate", "up", "down"]
@@ -448,7 +448,7 @@ def test_a_damaged_adapter_file_is_refused_before_the_model_changes(saved):
 def test_a_config_whose_module_list_is_not_names_and_shapes_is_refused(saved):
     cfg = json.loads((saved / "config.json").read_text())
     cfg["lora"]["modules"] = {"blocks.0.attn.w_q": "32x32"}
-    (saved / "state.json").unlink()  # an unchecked config, as written by hand
     (saved / "config.json").write_text(json.dumps(cfg))
+    add_manifest(saved)  # a config edited by hand, its manifest renewed: only the content is wrong
     with pytest.raises(ValueError, match=r"'lora' entry must map module names to \[in_features, out_features\]"):
         load_lora(tiny_llama(), saved)

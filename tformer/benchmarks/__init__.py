@@ -106,6 +106,15 @@ def describe_machine(info: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- timing helpers
+def flops_per_token(model: torch.nn.Module, config, T: int) -> int:
+    """Training FLOPs per token of a GPT (``config``: its GPTConfig), 6·N + 12·L·T·d (Kaplan et al.,
+    2020; nanoGPT's ``estimate_mfu``): forward + backward through the N weights, plus the attention
+    scores and their weighted sum."""
+    n = sum(p.numel() for p in model.parameters())
+    n -= config.block_size * config.d_model  # the position embedding is a lookup, not a product
+    return 6 * n + 12 * config.num_layers * T * config.d_model
+
+
 def time_pair(
     fn_a: Callable[[], object],
     fn_b: Callable[[], object],

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tformer.benchmarks import describe_machine, machine_info, print_result
+from tformer.benchmarks import describe_machine, flops_per_token, machine_info, print_result
 from tformer.data.batches import RandomWindows, random_windows
 from tformer.data.sources import load_text, tiny_shakespeare
 from tformer.nn.gpt import GPT, GPTConfig
@@ -102,14 +102,6 @@ class TorchGPT(nn.Module):
         ref.load_state_dict({k: v.detach().clone() for k, v in state.items()})
         ref.lm_head.weight = ref.tok_emb.weight  # load_state_dict copied into the same tensor; keep it tied
         return ref
-
-
-def flops_per_token(model: nn.Module, config: GPTConfig, T: int) -> int:
-    """Training FLOPs per token, 6·N + 12·L·T·d (Kaplan et al., 2020; nanoGPT's ``estimate_mfu``):
-    forward + backward through the N weights, plus the attention scores and their weighted sum."""
-    n = sum(p.numel() for p in model.parameters())
-    n -= config.block_size * config.d_model  # the position embedding is a lookup, not a product
-    return 6 * n + 12 * config.num_layers * T * config.d_model
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:

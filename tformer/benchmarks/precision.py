@@ -23,7 +23,7 @@ FLOP utilisation divides the model FLOPs of a step by its median time and by the
 measured in the same run: the best rate of an n×n ``torch.mm`` over a few sizes, in float32 and
 with bfloat16 inputs (no conversions: the hardware's bfloat16 rate), timed alternately. FLOPs per
 step: 6 per weight per token (forward and backward; Kaplan et al., 2020) plus the attention
-products, 12·L·T·d per token — for the GPT :func:`tformer.benchmarks.gpt.flops_per_token`; for the
+products, 12·L·T·d per token — for the GPT :func:`tformer.benchmarks.flops_per_token`; for the
 encoder–decoder 6·(N_enc·n_src + (N_dec + N_out)·n_tgt) + 12·d·(L_enc·S·n_src + L_dec·(T + S)·n_tgt),
 with N the weights of the encoder layers, the decoder layers and the output projection, n the real
 (not padding) tokens and S, T the padded lengths of the batch. Run
@@ -41,8 +41,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tformer.benchmarks import describe_machine, machine_info, module_main
-from tformer.benchmarks.gpt import flops_per_token
+from tformer.benchmarks import describe_machine, flops_per_token, machine_info, module_main
 from tformer.data.batches import RandomWindows
 from tformer.data.sources import tiny_shakespeare
 from tformer.nn.transformer import Transformer
