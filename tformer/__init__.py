@@ -4,11 +4,12 @@ The most used names are available at the top level; everything else lives in the
 idea it belongs to. The package is layered, each layer importing only from those below it:
 
 * ``tformer.masks``, ``tformer.runtime``, ``tformer.metrics`` — masks, device and precision, BLEU;
-* ``tformer.nn`` (attention, positional, layers, transformer, gpt, bert) and ``tformer.data``
-  (corpus, text, batches, sources, tatoeba);
-* ``tformer.training`` (loop, objectives, optim, checkpoint, distributed) and ``tformer.inference``
-  (generation, attention_maps);
-* ``tformer.recipes`` (translation, language_model, ddp_demo) and ``tformer.pretrained``;
+* ``tformer.nn`` (attention, positional, layers, transformer, gpt, bert, llama, rnn, lora) and
+  ``tformer.data`` (corpus, text, batches, sources, tatoeba);
+* ``tformer.training`` (loop, objectives, optim, checkpoint, averaging, adapters, distributed) and
+  ``tformer.inference`` (generation, attention_maps);
+* ``tformer.recipes`` (translation, tokenizers, translation_data, language_model, ddp_demo) and
+  ``tformer.pretrained``;
 * the command line ``python -m tformer``; beside them ``tformer.course`` and ``tformer.benchmarks``.
 """
 

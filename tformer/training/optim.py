@@ -1,8 +1,9 @@
-"""Optimizers and learning-rate schedules: the paper's Adam with warmup (§5.3), and GPT-2's.
+"""Optimizers and learning-rate schedules: the paper's Adam with warmup (§5.3), and nanoGPT's.
 
 The paper uses Adam with β1 = 0.9, β2 = 0.98, ε = 1e-9 and a rate that rises linearly for
-``warmup`` steps, then decays as step^-0.5 (Eq. 3). GPT-2 and nanoGPT use AdamW with weight decay
-on the matrices only, and a linear warmup followed by half a cosine.
+``warmup`` steps, then decays as step^-0.5 (Eq. 3). nanoGPT uses AdamW with weight decay on the
+matrices only, and a linear warmup followed by half a cosine (the first GPT warmed up linearly and
+annealed with a cosine too; the GPT-2 paper gives no schedule).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def make_optimizer(model: nn.Module, lr: float = 1.0) -> torch.optim.Adam:
 
 def warmup_cosine_lr(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
     """Linear warmup over ``warmup`` steps, then half a cosine from ``lr`` down to ``min_lr`` at
-    ``total`` (GPT-2 and nanoGPT's schedule; the paper's own is in :mod:`tformer.training.loop`)."""
+    ``total`` (nanoGPT's schedule; the paper's own is in :mod:`tformer.training.loop`)."""
     if step < warmup:
         return lr * (step + 1) / (warmup + 1)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -65,7 +66,7 @@ def make_adamw(
     model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.99)
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on the matrices (≥ 2-D) only; biases and LayerNorm gains are 1-D
-    (GPT-2 and nanoGPT's setup)."""
+    (nanoGPT's setup)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     params = [p for p in model.parameters() if p.requires_grad]
