@@ -107,10 +107,14 @@ def tensor(name: str, value: object, *, ndim_min: int = 1, floating: bool | None
         )
     if floating is True and not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-    if floating is False and (value.is_floating_point() or value.dtype == torch.bool):
+    if floating is False and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
         raise TypeError(
             f"{name} must hold integer token ids (torch.long), got dtype {value.dtype}"
         )
+    if floating is False and value.dtype not in (torch.long, torch.int32):
+        # nn.Embedding looks up int64 or int32 indices only: uint8/int16 ids would fail inside torch
+        raise TypeError(f"{name} must hold token ids as torch.long (or torch.int32), got dtype "
+                        f"{value.dtype}; convert it with {name}.long()")
     return value
 
 

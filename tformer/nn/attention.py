@@ -195,6 +195,16 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(
                     f"{name} must have shape (B, T, d_model={self.d_model}), got {tuple(t.shape)}"
                 )
+        weight = next(self.parameters())
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.device != weight.device:
+                raise ValueError(f"{name} is on {t.device} but the attention's weights are on "
+                                 f"{weight.device}; move one with .to(device)")
+            # under autocast the products pick their own precision; otherwise dtypes must match
+            if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):
+                raise TypeError(f"{name} has dtype {t.dtype} but the attention's weights are "
+                                f"{weight.dtype}; convert the input with .to({weight.dtype}) or the "
+                                f"module with .to({t.dtype}), or run under torch.autocast")
         if not query.shape[0] == key.shape[0] == value.shape[0]:
             raise ValueError(
                 "query, key and value must have the same batch size, got "

@@ -39,9 +39,6 @@ class LabelSmoothingLoss(nn.Module):
         """``logits`` (..., V) float, ``target`` (...) long → scalar (or (...) with ``"none"``)."""
         _checks.tensor("logits", logits, ndim_min=2, floating=True)
         _checks.tensor("target", target, ndim_min=1, floating=False)
-        if target.dtype not in (torch.long, torch.int32):
-            raise TypeError(f"target must hold token ids as torch.long, got dtype {target.dtype}; convert it "
-                            "with target.long()")
         if target.device != logits.device:
             raise ValueError(f"target is on {target.device} but logits on {logits.device}; move target "
                              "to the logits' device")
