@@ -8,8 +8,7 @@ import itertools
 import math
 
 import torch
-from helpers import padded_src, small_transformer
-from torch import nn
+from helpers import StepTable, padded_src, small_transformer
 
 from tformer.inference.generation import beam_search
 from tformer.masks import causal_mask
@@ -18,30 +17,9 @@ PAD, BOS, EOS, A, B = 0, 1, 2, 3, 4
 V = 5
 
 
-class TableModel(nn.Module):
-    """Quacks like a :class:`tformer.nn.transformer.Transformer` for decoding: ``decode`` returns
-    log-probabilities read from ``table[last token]``; everything not listed gets 1e-9."""
-
-    def __init__(self, table: dict[int, dict[int, float]], max_len: int = 16):
-        super().__init__()
-        self.config = type("Config", (), {"max_len": max_len, "tgt_vocab_size": V, "pad_id": PAD})()
-        probs = torch.full((V, V), 1e-9, dtype=torch.float64)
-        for prev, row in table.items():
-            for tok, p in row.items():
-                probs[prev, tok] = p
-        self.register_buffer("logp", probs.div(probs.sum(-1, keepdim=True)).log().float())
-
-    def make_src_mask(self, src):
-        return (src != PAD)[:, None, None, :]
-
-    def encode(self, src, src_mask):
-        return torch.zeros(src.shape[0], src.shape[1], 1)
-
-    def new_caches(self):
-        return []
-
-    def decode(self, ids, memory, src_mask, caches=None, start=0):
-        return self.logp[ids]  # (N, T, V): the row of each token
+def TableModel(table: dict[int, dict[int, float]], max_len: int = 16) -> StepTable:
+    """The next-token distribution depends only on the last token: one table for every position."""
+    return StepTable([table], V=V, max_len=max_len)
 
 
 def test_an_open_hypothesis_at_the_cap_cannot_beat_a_finished_one():

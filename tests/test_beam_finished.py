@@ -10,58 +10,11 @@ import math
 
 import pytest
 import torch
-from helpers import padded_src, small_transformer
-from torch import nn
+from helpers import StepTable, padded_src, small_transformer
 
 from tformer.inference.generation import beam_search, greedy_decode
 
 PAD, BOS, EOS, A, B, C = 0, 1, 2, 3, 4, 5
-
-
-class StepTable(nn.Module):
-    """Quacks like a :class:`tformer.nn.transformer.Transformer` for decoding: after the token at
-    position t the log-probabilities are ``logp[t, token]``. ``tables`` is one ``{prev: {tok: p}}``
-    per position (the last one repeats); everything not listed gets 1e-9."""
-
-    def __init__(self, tables: list[dict[int, dict[int, float]]] | torch.Tensor, V: int = 6,
-                 max_len: int = 16):
-        super().__init__()
-        self.config = type("Config", (), {"max_len": max_len, "tgt_vocab_size": V, "pad_id": PAD})()
-        if isinstance(tables, torch.Tensor):  # (positions, V, V) probabilities
-            probs = tables.double()
-        else:
-            probs = torch.full((len(tables), V, V), 1e-9, dtype=torch.float64)
-            for t, table in enumerate(tables):
-                for prev, row in table.items():
-                    for tok, p in row.items():
-                        probs[t, prev, tok] = p
-        probs = probs.div(probs.sum(-1, keepdim=True))
-        self.register_buffer("logp", probs.log())
-        self._exact = probs.log().tolist()  # plain floats for logprob
-
-    def table(self, t: int) -> torch.Tensor:
-        return self.logp[min(t, self.logp.shape[0] - 1)]
-
-    def make_src_mask(self, src):
-        return (src != PAD)[:, None, None, :]
-
-    def encode(self, src, src_mask):
-        return torch.zeros(src.shape[0], src.shape[1], 1)
-
-    def new_caches(self):
-        return []
-
-    def decode(self, ids, memory, src_mask, caches=None, start=0):
-        rows = [self.table(start + i)[ids[:, i]] for i in range(ids.shape[1])]
-        return torch.stack(rows, dim=1).float()  # (N, T, V)
-
-    def logprob(self, seq: tuple[int, ...]) -> float:
-        """Exact log P(seq) in float64 (seq without <bos>)."""
-        prev, total = BOS, 0.0
-        for t, tok in enumerate(seq):
-            total += self._exact[min(t, len(self._exact) - 1)][prev][tok]
-            prev = tok
-        return total
 
 
 def lp(n: int, alpha: float) -> float:
