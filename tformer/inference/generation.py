@@ -218,11 +218,8 @@ def _model_device(model: nn.Module) -> torch.device | None:
 
 
 def _check_ids(name: str, ids: torch.Tensor, model: nn.Module, vocab_size: int | None) -> None:
-    """Token ids a model can embed: an integer dtype torch's embedding takes, within the
-    vocabulary, on the model's device; a ``TypeError``/``ValueError`` naming ``name`` otherwise."""
-    if ids.dtype not in (torch.long, torch.int32):
-        raise TypeError(f"{name} must hold token ids as torch.long (or torch.int32), got dtype {ids.dtype}; "
-                        f"convert it with {name}.long()")
+    """Token ids a model can embed (their dtype checked by ``_checks.tensor`` before): within the
+    vocabulary, on the model's device; a ``ValueError`` naming ``name`` otherwise."""
     device = _model_device(model)
     if device is not None and ids.device != device:
         raise ValueError(f"{name} is on {ids.device} but the model is on {device}; move one to the other "
