@@ -7,6 +7,7 @@
 #   make bench      run the benchmarks and render the performance page
 #   make tatoeba-model  train the Tatoeba translator that chapters 8 and 9 load (15 minutes)
 #   make rnn-vs-transformer  train GRU translators beside the Transformer (~13 min; chapter 9b reads it)
+#   make finetune   chapter 11c's runs: SmolLM2 frozen/LoRA/full on Shakespeare, sentiment from the translator's encoder
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,7 +17,7 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv book translations test test-package test-notebooks lab notebooks bench lint clean tatoeba-model rnn-vs-transformer
+.PHONY: venv book translations test test-package test-notebooks lab notebooks bench lint clean tatoeba-model rnn-vs-transformer finetune
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,6 +84,15 @@ tatoeba-model: $(TATOEBA_MODEL)/epochs/minutes.json
 
 $(TATOEBA_MODEL)/epochs/minutes.json: | $(STAMP)
 	$(BIN)/python scripts/train_tatoeba_model.py $(TATOEBA_MODEL) $(if $(TATOEBA_MINUTES),--max-minutes $(TATOEBA_MINUTES))
+
+# Chapter 11c's experiments (~17 min with the default budgets, on runs/tatoeba-model when it exists;
+# FINETUNE_ARGS=--ci is CI's ~7-minute run with a 2-minute translator). Skipped when the results
+# exist (delete the folder to rerun).
+FINETUNE_ARGS ?=
+finetune: _build/finetune/results.json
+
+_build/finetune/results.json: | $(STAMP)
+	$(BIN)/python scripts/finetune_runs.py --out _build/finetune $(FINETUNE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check tformer tests scripts
