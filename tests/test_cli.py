@@ -1,7 +1,8 @@
-"""The command line: python -m tformer {train,translate,evaluate,bench}, and its error messages."""
+"""The command line: python -m tformer {train,translate,evaluate,compare,bench}, and its error messages."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from tformer.__main__ import main
 from tformer.data.corpus import load_builtin
 from tformer.data.text import BPETokenizer
+from tformer.metrics import bleu
 
 TINY = ["--d-model", "32", "--num-heads", "2", "--num-layers", "1", "--dim-feedforward", "64",
         "--batch-tokens", "200", "--warmup", "50", "--lr-factor", "1", "--dropout", "0", "--quiet"]
@@ -56,6 +58,115 @@ def test_evaluate_on_held_out_lines_of_a_tatoeba_file_gives_bleu_above_zero(trai
     assert "test split" in text and "20 sentences" in text  # 400 lines → 5% held out for test
 
 
+def test_evaluate_outputs_writes_one_json_object_per_sentence_that_compare_reads(trained, tmp_path, capsys):
+    tsv, out = trained
+    greedy, beam = tmp_path / "greedy.jsonl", tmp_path / "beam.jsonl"
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(tsv), "--beam", "1",
+                 "--outputs", str(greedy)]) == 0
+    text = capsys.readouterr().out
+    rows = [json.loads(line) for line in greedy.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 20 and all(set(r) == {"src", "ref", "hyp"} for r in rows)
+    assert all(isinstance(r[k], str) for r in rows for k in r) and any("\u4e00" <= c for c in rows[0]["src"])
+    score = float(re.search(r"BLEU = ([\d.]+)", text).group(1))
+    assert score == round(bleu([r["hyp"] for r in rows], [r["ref"] for r in rows]), 2)
+    assert f"translations: {greedy} (20 lines)" in text
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(tsv), "--beam", "3",
+                 "--outputs", str(beam)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beam.jsonl", "greedy.jsonl"]  # no temp files
+    capsys.readouterr()
+    assert main(["compare", str(beam), str(greedy), "--resamples", "200"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"A - B = [+-]\d+\.\d\d BLEU, 95% interval \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", text)
+    assert "200 resamples of the 20 sentences, seed 0" in text
+    assert "the interval excludes 0" in text or "the interval includes 0" in text
+
+
+def test_evaluate_outputs_into_a_missing_directory_fails_before_translating(trained, tmp_path, capsys):
+    tsv, out = trained
+    target = tmp_path / "no" / "such" / "dir" / "out.jsonl"
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(tsv), "--outputs", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tformer evaluate: error: --outputs") and "does not exist" in err
+    assert err.count("\n") == 1
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(tsv), "--outputs", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def _outputs_file(path, hyps, refs=None, srcs=None):
+    refs = refs or [p.tgt for p in load_builtin("train")[: len(hyps)]]
+    srcs = srcs or [p.src for p in load_builtin("train")[: len(hyps)]]
+    path.write_text("".join(json.dumps({"src": s, "ref": r, "hyp": h}, ensure_ascii=False) + "\n"
+                            for s, r, h in zip(srcs, refs, hyps)), encoding="utf-8")
+    return path
+
+
+def test_compare_says_whether_the_interval_excludes_zero(tmp_path, capsys):
+    refs = [p.tgt for p in load_builtin("train")[:60]]
+    bad = [" ".join(r.split()[:-1]) or r for r in refs]  # every sentence loses its last word
+    good, worse = _outputs_file(tmp_path / "good.jsonl", refs), _outputs_file(tmp_path / "bad.jsonl", bad)
+    assert main(["compare", str(good), str(worse), "--resamples", "300", "--seed", "4"]) == 0
+    text = capsys.readouterr().out
+    assert f"A: BLEU = 100.00 ({good})" in text and f"B: BLEU = {bleu(bad, refs):.2f} ({worse})" in text
+    assert "seed 4" in text and "A scores higher on 100.0% of the resamples" in text
+    assert "the interval excludes 0: A is better" in text
+    assert main(["compare", str(worse), str(good), "--resamples", "300"]) == 0
+    assert "the interval excludes 0: B is better" in capsys.readouterr().out
+    assert main(["compare", str(good), str(good)]) == 0
+    text = capsys.readouterr().out
+    assert "A - B = +0.00 BLEU, 95% interval [+0.00, +0.00]" in text
+    assert "1000 resamples" in text and "the interval includes 0" in text
+
+
+def test_compare_refuses_files_of_other_sentences_naming_the_first_differing_line(tmp_path, capsys):
+    pairs = load_builtin("train")[:5]
+    hyps, refs, srcs = [p.tgt for p in pairs], [p.tgt for p in pairs], [p.src for p in pairs]
+    a = _outputs_file(tmp_path / "a.jsonl", hyps)
+    cases = {
+        "short": (_outputs_file(tmp_path / "short.jsonl", hyps[:4]), "has 5 lines and"),
+        "src": (_outputs_file(tmp_path / "src.jsonl", hyps, srcs=srcs[:2] + ["别的"] + srcs[3:]),
+                "line 3 differs: src"),
+        "ref": (_outputs_file(tmp_path / "ref.jsonl", hyps, refs=refs[:3] + ["Other."] + refs[4:]),
+                "line 4 differs: ref"),
+    }
+    for name, (other, message) in cases.items():
+        assert main(["compare", str(a), str(other)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("tformer compare: error:") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "is empty"),
+    ('{"src": "我", "ref": "I"}\n', "line 1 has no 'hyp'"),
+    ('{"src": "我", "ref": "I", "hyp": "I"}\n{"src": "我", "ref": "I", "hyp": 3}\n',
+     "line 2 has a non-string 'hyp'"),
+    ('{"src": "我", "ref": "I", "hyp": "I"}\nnot json\n', "line 2 is not JSON"),
+    ('["我", "I", "I"]\n', "line 1 is not a JSON object"),
+])
+def test_compare_refuses_a_malformed_file_naming_the_line(tmp_path, capsys, content, message):
+    good = _outputs_file(tmp_path / "good.jsonl", ["I"], refs=["I"], srcs=["我"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content, encoding="utf-8")
+    assert main(["compare", str(bad), str(good)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tformer compare: error: {bad}: {message}") and err.count("\n") == 1, err
+
+
+def test_compare_refuses_missing_files_and_bad_flags(tmp_path, capsys):
+    good = _outputs_file(tmp_path / "good.jsonl", ["I"], refs=["I"], srcs=["我"])
+    assert main(["compare", str(good), str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl: no such file" in capsys.readouterr().err
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"src": "\xe9"}\n')
+    assert main(["compare", str(tmp_path / "latin1.jsonl"), str(good)]) == 2
+    assert "not UTF-8 text (byte 0xe9" in capsys.readouterr().err
+    for args, message in (([str(good), str(good), "--resamples", "0"], "--resamples"),
+                          ([str(good), str(good), "--seed", "-1"], "--seed"),
+                          ([str(good)], "the following arguments are required")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compare", *args])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 def test_translate_prints_one_line_per_sentence_and_handles_unknown_characters(trained, capsys):
     _, out = trained
     assert main(["translate", "--checkpoint", str(out), "--beam", "3", "--threads", "1", "我买了书", "龘龘"]) == 0
@@ -74,7 +185,7 @@ def test_resume_continues_from_the_saved_step(trained, tmp_path, capsys):
     assert "resuming from" in text and "epoch 13/13" in text and "epoch 12/13" not in text
 
 
-@pytest.mark.parametrize("command", ["train", "translate", "evaluate"])
+@pytest.mark.parametrize("command", ["train", "translate", "evaluate", "compare"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -1,10 +1,12 @@
-"""Command line: ``python -m tformer {train,translate,evaluate,bench} ...`` (also the ``tformer`` script).
+"""Command line: ``python -m tformer {train,translate,evaluate,compare,bench} ...`` (also the ``tformer`` script).
 
 Examples::
 
     python -m tformer train --data builtin --out runs/zh-en           # ~3 minutes on 2 CPU cores
     python -m tformer translate --checkpoint runs/zh-en "我昨天在北京买了三本书"
     python -m tformer evaluate --checkpoint runs/zh-en --data builtin  # prints BLEU on the test split
+    python -m tformer evaluate --checkpoint runs/zh-en --data builtin --beam 1 --outputs greedy.jsonl
+    python -m tformer compare beam.jsonl greedy.jsonl  # BLEU difference with a 95% interval
     python -m tformer bench --quick
 
 ``runs/zh-en`` is the default of ``--out`` and ``--checkpoint``. ``train`` refuses an ``--out``
@@ -59,6 +61,7 @@ from tformer.cli.args import (
     _explicit_flags,
     _parser,
 )
+from tformer.cli.compare import check_outputs_path, compare, write_outputs
 from tformer.cli.threads import _busy_cores, _idle_threads
 from tformer.metrics import chrf
 from tformer.recipes.translation import (
@@ -239,6 +242,7 @@ def _stdin_lines() -> list[str]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    outputs = check_outputs_path(args.outputs) if args.outputs is not None else None
     translator = Translator.from_checkpoint(args.checkpoint)
     seed = (read_config(args.checkpoint).get("train") or {}).get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):  # another seed would score another split
@@ -253,6 +257,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     weights = "averaged weights" if (Path(args.checkpoint) / AVERAGED).is_file() else "last weights"
     print(f"chrF = {chrf(hyps, [p.tgt for p in pairs]):.2f}")
     print(f"BLEU = {score:.2f} ({args.split} split of {args.data}, {len(pairs)} sentences, {how}, {weights})")
+    if outputs is not None:
+        write_outputs(outputs, [p.src for p in pairs], [p.tgt for p in pairs], hyps)
+        print(f"translations: {args.outputs} ({len(hyps)} lines)")
     return 0
 
 
@@ -281,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = data if data in DATA_DEFAULTS else "builtin"
     parser = _parser(Settings.for_data(data), data)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads if args.threads is not None else _idle_threads())
+    if args.command != "compare":  # compare runs no torch code
+        torch.set_num_threads(args.threads if args.threads is not None else _idle_threads())
     name = f"tformer {args.command}"
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -292,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = one_line_warning
             if args.command == "train":
                 return _train(args, _explicit_flags(argv, Settings()), stack)
-            return {"translate": _translate, "evaluate": _evaluate}[args.command](args)
+            return {"translate": _translate, "evaluate": _evaluate, "compare": compare}[args.command](args)
     except (CLIError, ValueError, TypeError, FileNotFoundError) as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

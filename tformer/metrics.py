@@ -6,13 +6,23 @@ BLEU is computed over a whole test set (corpus level): clipped n-gram precisions
 pooled over all sentences, combined by a geometric mean and multiplied by a brevity penalty.
 Averaging per-sentence BLEU gives a different, lower number, so report :func:`bleu`.
 We never compute BLEU by hand: sacrebleu fixes the tokenization (``13a``) so scores are comparable.
+
+Two systems scored on the same sentences differ by chance as well as by quality: another sample of
+sentences would rank them with another gap. :func:`paired_bootstrap_bleu` measures that spread
+(Koehn, 2004): it resamples the sentences with replacement, scores both systems on every resample,
+and reports the interval that holds the middle 95% of the differences.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import sacrebleu
+from sacrebleu.metrics import BLEU
+
+from tformer import _checks
 
 
 def _check(hypotheses: Sequence[str], references: Sequence[str]) -> None:
@@ -50,3 +60,133 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     smoothly than BLEU on short sentences; report it beside BLEU."""
     _check(hypotheses, references)
     return float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score)
+
+
+# corpus_bleu's settings (sacrebleu.corpus_bleu's defaults), so a resample is scored as bleu() scores
+_SMOOTHING = {"smooth_method": "exp", "smooth_value": None, "effective_order": False}
+_ORDER = 4  # n-grams up to 4 words, as in BLEU (and sacrebleu's default)
+# resamples whose counts are summed in one matrix product (bounds the memory: rows x sentences)
+_CHUNK = 256
+
+
+def _strings(name: str, seq: object) -> list[str]:
+    if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
+        raise TypeError(f"{name} must be a list of strings (one detokenized sentence each), "
+                        f"got {type(seq).__name__}")
+    for i, s in enumerate(seq):
+        if not isinstance(s, str):
+            raise TypeError(f"{name}[{i}] must be a str (a detokenized sentence), got {type(s).__name__} ({s!r})")
+    return list(seq)
+
+
+def sentence_statistics(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """BLEU's sufficient statistics of every sentence, an int64 array of shape ``(n, 2 + 2·4)``:
+    hypothesis length, reference length, matched n-grams for n = 1..4 (clipped by the reference's
+    counts), hypothesis n-grams for n = 1..4. Corpus BLEU is a function of their sums, so the sums
+    over any subset of rows give that subset's corpus BLEU.
+
+    They come from sacrebleu's public per-sentence score (``BLEU.sentence_score``, whose result
+    carries ``counts``, ``totals``, ``sys_len`` and ``ref_len``), with the tokenization and
+    preprocessing of :func:`bleu`; ``effective_order`` only changes that score, not its counts."""
+    _check(hypotheses, references)
+    metric = BLEU(effective_order=True)  # effective order: no sentence-level warning, same counts
+    rows = []
+    for hyp, ref in zip(hypotheses, references):
+        score = metric.sentence_score(hyp, [ref])
+        rows.append([score.sys_len, score.ref_len, *score.counts, *score.totals])
+    return np.asarray(rows, dtype=np.int64).reshape(len(rows), 2 + 2 * _ORDER)
+
+
+def _score(summed: Sequence[int]) -> float:
+    """Corpus BLEU of summed :func:`sentence_statistics`, by sacrebleu's ``BLEU.compute_bleu``."""
+    values = [int(v) for v in summed]
+    return float(BLEU.compute_bleu(correct=values[2:2 + _ORDER], total=values[2 + _ORDER:],
+                                   sys_len=values[0], ref_len=values[1], max_ngram_order=_ORDER,
+                                   **_SMOOTHING).score)
+
+
+def _resample_scores(stats_a: np.ndarray, stats_b: np.ndarray, resamples: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Corpus BLEU of both systems on each of ``resamples`` resamples of the sentence indices (the
+    same indices for both). Resample r draws n indices with replacement; ``weights[r, i]`` is how
+    often sentence i was drawn, so ``weights @ stats`` sums every resample's statistics in one matrix
+    product. The indices are ``numpy.random.default_rng(seed).choice(n, (resamples, n))``, drawn
+    in chunks of rows, which gives the same indices as one draw: those of sacrebleu's own paired
+    bootstrap for the same seed."""
+    n = len(stats_a)
+    rng = np.random.default_rng(seed)
+    both = np.concatenate([stats_a, stats_b], axis=1).astype(np.float64)  # exact below 2**53
+    width = stats_a.shape[1]
+    scores_a, scores_b = np.empty(resamples), np.empty(resamples)
+    for start in range(0, resamples, _CHUNK):
+        rows = min(_CHUNK, resamples - start)
+        idx = rng.choice(n, size=(rows, n), replace=True)
+        weights = np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n)
+        sums = np.rint(weights.reshape(rows, n).astype(np.float64) @ both).astype(np.int64)
+        for r in range(rows):
+            scores_a[start + r] = _score(sums[r, :width])
+            scores_b[start + r] = _score(sums[r, width:])
+    return scores_a, scores_b
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of ``values`` as order statistics: the (k+1)-th smallest and
+    the (k+1)-th largest with k = len // 40, sacrebleu's rule (resamples 25 and 974 of 1000)."""
+    ordered = np.sort(values)
+    k = len(ordered) // 40
+    return float(ordered[k]), float(ordered[len(ordered) - k - 1])
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """The result of :func:`paired_bootstrap_bleu`: BLEU of both systems on all sentences, their
+    difference ``bleu_a - bleu_b``, the 95% interval ``[low, high]`` of that difference over the
+    resamples, and the share of resamples on which a scored higher than b."""
+
+    bleu_a: float
+    bleu_b: float
+    difference: float
+    low: float
+    high: float
+    share_a_better: float
+    sentences: int
+    resamples: int
+    seed: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the whole interval lies on one side of 0: the sign of the difference is more
+        than the noise of the sample of sentences."""
+        return self.low > 0 or self.high < 0
+
+
+def paired_bootstrap_bleu(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Sequence[str],
+                          resamples: int = 1000, seed: int = 0) -> PairedBootstrap:
+    """Compare two systems' translations of the same sentences by paired bootstrap resampling
+    (Koehn, 2004).
+
+    Each resample draws ``len(refs)`` sentence indices with replacement and scores BOTH systems on
+    those same sentences by corpus BLEU, so the spread measures the difference between the systems,
+    not each system's own spread (which is larger: a hard sample of sentences lowers both). The
+    interval holds the middle 95% of the resampled differences; when it excludes 0, the sign of the
+    difference would hold on most other samples of such sentences. It says nothing about other
+    training seeds: a second run of the same recipe is another source of noise.
+
+    ``bleu_a`` and ``bleu_b`` equal :func:`bleu` of each system exactly. The indices are those of
+    sacrebleu's paired bootstrap (``sacrebleu -i A B --paired-bs``) for the same seed, and
+    ``resamples`` of 1000 on 1,500 sentences take well under a second."""
+    hyps_a, hyps_b, refs = _strings("hyps_a", hyps_a), _strings("hyps_b", hyps_b), _strings("refs", refs)
+    if not len(hyps_a) == len(hyps_b) == len(refs):
+        raise ValueError(f"hyps_a ({len(hyps_a)}), hyps_b ({len(hyps_b)}) and refs ({len(refs)}) must "
+                         "have the same length: both systems translate the same sentences")
+    if not refs:
+        raise ValueError("refs is empty; the bootstrap needs at least one sentence")
+    _checks.positive_int("resamples", resamples)
+    _checks.integer("seed", seed, minimum=0)
+    stats_a, stats_b = sentence_statistics(hyps_a, refs), sentence_statistics(hyps_b, refs)
+    bleu_a, bleu_b = _score(stats_a.sum(0)), _score(stats_b.sum(0))
+    scores_a, scores_b = _resample_scores(stats_a, stats_b, resamples, seed)
+    low, high = _interval(scores_a - scores_b)
+    return PairedBootstrap(bleu_a=bleu_a, bleu_b=bleu_b, difference=bleu_a - bleu_b, low=low, high=high,
+                           share_a_better=float(np.mean(scores_a > scores_b)), sentences=len(refs),
+                           resamples=resamples, seed=seed)

@@ -75,7 +75,7 @@ def _parsed(text: str, kind: type, ok, expected: str):
 LIMITS = {"d_model": 8192, "num_heads": 256, "num_layers": 64, "dim_feedforward": 65536, "max_len": 16384,
           "bpe_vocab_size": BPETokenizer.MAX_VOCAB_SIZE, "batch_tokens": 1_000_000, "warmup": 10_000_000,
           "epochs": 1_000_000, "min_freq": 1_000_000, "average": 100, "beam_size": 100, "beam": 100,
-          "threads": 4 * (os.cpu_count() or 1), "limit": 10_000_000}
+          "threads": 4 * (os.cpu_count() or 1), "limit": 10_000_000, "resamples": 100_000}
 
 
 def _bounded(name: str):
@@ -96,6 +96,10 @@ def _optional_probability(text: str) -> float | None:
     return _parsed(text, float, lambda v: 0 <= v < 1, "a probability in [0, 1) or 'none'")
 
 
+def _seed(text: str) -> int:
+    return _parsed(text, int, lambda v: 0 <= v < 2**63, "a non-negative integer")
+
+
 def _length_penalty(text: str) -> float:
     return _parsed(text, float, lambda v: 0 <= v < 10, "a length penalty in [0, 10)")
 
@@ -105,7 +109,7 @@ def _parser(d, data: str = "builtin") -> argparse.ArgumentParser:
     for ``--data data`` (``Settings.for_data(data)``), whose values the ``train`` flags default to."""
     tokenizer, bpe_size = tokenizer_for(data)
     p = _Parser(prog="tformer", description="Train and use a Chinese→English Transformer.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,translate,evaluate,bench}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,translate,evaluate,compare,bench}")
 
     t = sub.add_parser("train", help="train a translation model and save checkpoints",
                        description="Train a Transformer on the built-in corpus or a Tatoeba-style TSV "
@@ -186,6 +190,23 @@ def _parser(d, data: str = "builtin") -> argparse.ArgumentParser:
     e.add_argument("--limit", type=_bounded("limit"), default=None, help="evaluate only the first N pairs")
     e.add_argument("--skip-bad-lines", action="store_true",
                    help="skip malformed TSV lines (and say how many) instead of stopping at the first")
+    e.add_argument("--outputs", default=None, metavar="FILE",
+                   help="also write the translations to FILE, one JSON object per line "
+                   '({"src": ..., "ref": ..., "hyp": ...}) in the order of the data, for "tformer compare"; '
+                   "written atomically, after all sentences are translated")
+
+    c = sub.add_parser("compare", help="compare two systems' translations of the same sentences",
+                       description="Read two files written by 'tformer evaluate --outputs' for the same "
+                       "sentences and print both corpus BLEUs, their difference A - B and its 95% "
+                       "interval by paired bootstrap resampling of the sentences (Koehn, 2004); an "
+                       "interval that excludes 0 means the difference is larger than the noise of "
+                       "this sample of sentences.")
+    c.add_argument("a", metavar="A.jsonl", help="the first system's translations")
+    c.add_argument("b", metavar="B.jsonl", help="the second system's translations (same src and ref, "
+                   "line by line)")
+    c.add_argument("--resamples", type=_bounded("resamples"), default=1000,
+                   help=f"bootstrap resamples (default: 1000; at most {LIMITS['resamples']})")
+    c.add_argument("--seed", type=_seed, default=0, help="seed of the resampling (default: 0)")
 
     for sp in (t, tr, e):
         sp.add_argument("--threads", type=_bounded("threads"), default=None,

@@ -88,6 +88,17 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
     _atomic(path, write)
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write ``text`` as UTF-8 (``\\n`` line ends on every system)."""
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+
+    _atomic(path, write)
+
+
 def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> dict:
     """Read a checkpoint JSON file with a clear error when it is missing, too large or corrupt."""
     path = Path(path)
