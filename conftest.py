@@ -18,6 +18,7 @@ LONGEST_FIRST = [
     "notebooks/10_gpt.ipynb",  # ~100
     "tests/test_pretrained.py",  # ~70: loads SmolLM2 in tformer and in transformers
     "notebooks/11b_small_llm.ipynb",  # ~55
+    "notebooks/11c_finetuning.ipynb",  # ~30 with _build/finetune/results.json (~4 min without: a tiny run)
     "notebooks/09_inference.ipynb",  # ~55
     "notebooks/01_why_not_rnn.ipynb",  # ~45
     "tests/test_translations.py",  # ~40

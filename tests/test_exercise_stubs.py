@@ -243,11 +243,13 @@ def test_every_your_turn_cell_calls_a_checker_and_shows_not_implemented_yet(chap
     assert cell["execution_count"] is not None  # nbval compares only executed cells
 
 
-def test_chapters_9b_11b_and_13_have_your_turn_cells_for_their_coding_exercises():
+def test_chapters_9b_11b_11c_and_13_have_your_turn_cells_for_their_coding_exercises():
     called = {(chapter, name) for chapter, source, _ in STUBS for name in CALL.findall(source)}
     assert {("09b_rnn_translator", "rnn.sequential_steps"), ("09b_rnn_translator", "rnn.luong_attention"),
             ("11b_small_llm", "llm.kv_cache"), ("11b_small_llm", "llm.rms_norm"), ("11b_small_llm", "llm.rope"),
             ("11b_small_llm", "llm.repeat_kv"), ("11b_small_llm", "llm.grouped_query_attention"),
+            ("11c_finetuning", "finetune.lora_forward"), ("11c_finetuning", "finetune.lora_merge"),
+            ("11c_finetuning", "finetune.lora_parameter_count"),
             ("13_paper_revisited", "paper.preln_extra_parameters"),
             ("13_paper_revisited", "paper.additive_score_terms"), ("13_paper_revisited", "paper.attention_memory"),
             ("09_inference", "decode.length_penalty"), ("09_inference", "decode.beam_search")} <= called

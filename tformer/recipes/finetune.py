@@ -16,29 +16,43 @@ Two experiments, each a few minutes on two cores:
   ``"scratch"`` (the same architecture and vocabulary, randomly initialised), each for the same
   wall time, with test accuracy recorded along the way.
 
-``scripts/finetune_runs.py`` (``make finetune``) runs every arm in its own process, so that each
-reports its own peak memory, and writes the results the chapter reads.
+``python -m tformer.recipes.finetune --out DIR`` (:func:`main`; ``make finetune`` runs it through
+``scripts/finetune_runs.py``) runs every arm in its own process, so that each reports its own peak
+memory, and writes the results the chapter reads.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import tformer._checks as _checks
+from tformer.data.sources import chinese_reviews, tiny_shakespeare
+from tformer.inference.generation import generate
 from tformer.masks import padding_mask
 from tformer.nn.lora import apply_lora
 from tformer.nn.transformer import Transformer
+from tformer.pretrained import load_smollm2
+from tformer.recipes.translation import (
+    Settings,
+    Translator,
+    load_data,
+    tokenizer_for,
+    train_translation,
+)
 from tformer.runtime import autocast_context, resolve_precision
+from tformer.training.checkpoint import write_json
 
 LM_MODES = ("frozen", "lora", "full")
 SENTIMENT_ARMS = ("finetuned", "frozen", "scratch")
@@ -150,8 +164,6 @@ class LMSettings:
 def shakespeare_ids(tokenizer, valid_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Tiny Shakespeare as token ids: the first ``1 - valid_fraction`` of the characters for
     training, the rest for validation (cut at a line break)."""
-    from tformer.data.sources import tiny_shakespeare
-
     text = tiny_shakespeare()
     cut = text.rindex("\n", 0, int(len(text) * (1 - valid_fraction))) + 1
     encode = lambda s: torch.tensor(tokenizer(s)["input_ids"], dtype=torch.long)  # noqa: E731
@@ -194,11 +206,7 @@ def lm_run(mode: str, settings: LMSettings | None = None, *, model=None, tokeniz
         raise ValueError(f"mode={mode!r} must be one of {', '.join(LM_MODES)}")
     s = settings or LMSettings()
     say = log or (lambda _m: None)
-    from tformer.inference.generation import generate
-
     if model is None or tokenizer is None:
-        from tformer.pretrained import load_smollm2
-
         model, tokenizer = load_smollm2()
     torch.manual_seed(s.seed)
     train_ids, valid_ids = shakespeare_ids(tokenizer, s.valid_fraction)
@@ -406,9 +414,6 @@ def sentiment_run(arm: str, translator_dir, settings: SentimentSettings | None =
         raise ValueError(f"arm={arm!r} must be one of {', '.join(SENTIMENT_ARMS)}")
     s = settings or SentimentSettings()
     say = log or (lambda _m: None)
-    from tformer.data.sources import chinese_reviews
-    from tformer.recipes.translation import Translator
-
     translator = Translator.from_checkpoint(translator_dir)
     transformer = translator.model
     if s.max_tokens > transformer.config.max_len:
@@ -500,9 +505,137 @@ def sentiment_run(arm: str, translator_dir, settings: SentimentSettings | None =
     }
 
 
+
+
+# --------------------------------------------------------------------------- every arm, one process each
+
+
+def _train_translator(out: Path, minutes: float, threads: int, log: Callable[[str], None]) -> None:
+    """A short run of the Tatoeba recipe (its defaults, ``minutes`` long) into ``out``."""
+    torch.set_num_threads(threads)
+    tokenizer, bpe_vocab_size = tokenizer_for("tatoeba")
+    train_translation(load_data("tatoeba"), out, Settings.for_data("tatoeba", max_minutes=minutes),
+                      data_source="tatoeba", tokenizer=tokenizer, bpe_vocab_size=bpe_vocab_size,
+                      progress=False, log=log)
+
+
+def _child(spec: str, args) -> int:
+    """Run one arm in this process and write its result as JSON to ``args.child_out``."""
+    torch.set_num_threads(args.threads)
+    kind, _, rest = spec.partition(":")
+    if kind == "lm":
+        result = lm_run(rest, LMSettings(seconds=args.lm_seconds))
+    else:
+        arm, _, size = rest.partition(":")
+        settings = SentimentSettings(seconds=args.sentiment_seconds, train_size=None if size == "all" else int(size))
+        result = sentiment_run(arm, args.translator, settings)
+    result["threads"] = torch.get_num_threads()
+    write_json(args.child_out, result)
+    return 0
+
+
+def run_experiments(args) -> dict:
+    """Both experiments, every arm in a fresh Python process (so each reports its own peak memory
+    and none inherits another's caches), and the paired comparisons; writes ``args.out/results.json``."""
+    import json
+    import platform
+    import subprocess
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    translator, what, minutes = args.translator, "given", None
+    if translator is None:
+        translator = out / "translator"
+        what = f"a {args.translator_minutes:g}-minute run of the Tatoeba recipe"
+        minutes = args.translator_minutes
+        if not (translator / "config.json").exists():
+            print(f"training {what} into {translator}", flush=True)
+            _train_translator(translator, args.translator_minutes, args.threads, log=lambda m: print(m, flush=True))
+    else:
+        translator = Path(translator)
+        minutes_file = translator / "epochs" / "minutes.json"  # written by make tatoeba-model
+        if minutes_file.exists():
+            minutes = json.loads(minutes_file.read_text(encoding="utf-8"))["train_minutes"]
+            what = "the 15-minute model of make tatoeba-model" if minutes > 10 else what
+
+    def run(spec: str) -> dict:
+        target = out / "arms" / (spec.replace(":", "-") + ".json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        print(f"--- {spec}", flush=True)
+        subprocess.run([sys.executable, "-m", "tformer.recipes.finetune", "--out", str(out), "--child", spec,
+                        "--child-out", str(target), "--lm-seconds", str(args.lm_seconds),
+                        "--sentiment-seconds", str(args.sentiment_seconds), "--translator", str(translator),
+                        "--threads", str(args.threads)], check=True)
+        return json.loads(target.read_text(encoding="utf-8"))
+
+    results: dict = {
+        "budget": {"lm_seconds": args.lm_seconds, "sentiment_seconds": args.sentiment_seconds,
+                   "small": args.small, "ci": args.ci, "tiny": args.tiny},
+        "machine": {"threads": args.threads, "torch": torch.__version__,
+                    "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
+        "translator": {"path": str(translator), "what": what, "train_minutes": minutes},
+    }
+    if not args.skip_lm:
+        results["lm"] = {mode: run(f"lm:{mode}") for mode in LM_MODES}
+    results["sentiment"], results["comparisons"] = {}, {}
+    for size in ("all", str(args.small)):
+        arms = {arm: run(f"sentiment:{arm}:{size}") for arm in SENTIMENT_ARMS}
+        results["sentiment"][size] = arms
+        results["comparisons"][size] = {
+            f"{a} - {b}": dict(zip(("difference", "low", "high"), paired_bootstrap(arms[a]["right"], arms[b]["right"])))
+            for a, b in (("finetuned", "scratch"), ("finetuned", "frozen"), ("frozen", "scratch"))
+        }
+    results["wall_minutes"] = round((time.time() - started) / 60, 2)
+    write_json(out / "results.json", results)
+    print(f"wrote {out / 'results.json'} in {results['wall_minutes']} min", flush=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tformer.recipes.finetune --out DIR [--ci | --tiny] ...``: both experiments."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tformer.recipes.finetune",
+                                description="Chapter 11c's experiments: SmolLM2 frozen/LoRA/full on Tiny "
+                                "Shakespeare, and Chinese sentiment on the Tatoeba translator's encoder.")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json (and a short translator)")
+    p.add_argument("--lm-seconds", type=float, default=120.0, help="training seconds per trained LM mode")
+    p.add_argument("--sentiment-seconds", type=float, default=90.0, help="training seconds per sentiment arm")
+    p.add_argument("--small", type=int, default=500, help="training reviews in the small-data runs")
+    p.add_argument("--translator", type=Path, default=None,
+                   help="translator checkpoint (default: train a short one into OUT/translator)")
+    p.add_argument("--translator-minutes", type=float, default=3.0, help="length of that short run")
+    p.add_argument("--ci", action="store_true",
+                   help="CI's budget: 30 s per LM mode, 15 s per sentiment arm, a 2-minute translator")
+    p.add_argument("--tiny", action="store_true",
+                   help="seconds per arm, to check the code path (the chapter runs it without results)")
+    p.add_argument("--skip-lm", action="store_true", help="only the sentiment runs (no SmolLM2 file needed)")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.ci:
+        args.lm_seconds, args.sentiment_seconds, args.translator_minutes = 30.0, 15.0, 2.0
+    if args.tiny:
+        args.lm_seconds, args.sentiment_seconds, args.translator_minutes, args.small = 3.0, 2.0, 0.3, 200
+    for name in ("lm_seconds", "sentiment_seconds", "translator_minutes"):
+        _checks.positive_float(f"--{name.replace('_', '-')}", getattr(args, name))
+    _checks.positive_int("--small", args.small)
+    _checks.positive_int("--threads", args.threads)
+    if args.child:
+        return _child(args.child, args)
+    run_experiments(args)
+    return 0
+
+
 __all__ = [
     "LM_MODES", "SENTIMENT_ARMS", "LMSettings", "SentimentSettings", "SentimentClassifier",
-    "encode_texts", "lm_loss", "lm_run", "lm_windows", "optimizer_state_bytes", "paired_bootstrap",
-    "peak_rss_bytes", "predict", "sentiment_run", "sentiment_splits", "shakespeare_ids",
+    "encode_texts", "lm_loss", "lm_run", "lm_windows", "main", "optimizer_state_bytes", "paired_bootstrap",
+    "peak_rss_bytes", "predict", "run_experiments", "sentiment_run", "sentiment_splits", "shakespeare_ids",
     "trainable_parameters", "wilson_interval",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
