@@ -9,7 +9,7 @@ import torch
 
 from tformer.data.corpus import builtin_splits
 from tformer.nn.llama import Llama, LlamaConfig
-from tformer.nn.transformer import Transformer, TransformerConfig
+from tformer.nn.transformer import Transformer, TransformerConfig, count_parameters
 from tformer.recipes import finetune as ft
 from tformer.recipes.translation import Settings, Translator, train_translation
 
@@ -71,7 +71,7 @@ def test_classifier_shares_the_translators_source_side_and_leaves_the_decoder_ou
     assert clf.src_embed is t.src_embed and clf.encoder is t.encoder and clf.pos is t.pos
     own = {id(p) for p in clf.parameters()}
     assert not any(id(p) in own for p in t.decoder.parameters())
-    assert ft.trainable_parameters(clf) == (sum(p.numel() for p in t.src_embed.parameters())
+    assert count_parameters(clf) == (sum(p.numel() for p in t.src_embed.parameters())
                                             + sum(p.numel() for p in t.encoder.parameters()) + 32 * 2 + 2)
 
 

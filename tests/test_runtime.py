@@ -116,3 +116,13 @@ def test_collectives_are_the_identity_without_a_process_group():
     assert any_rank(True) is True and any_rank(False) is False
     with pytest.raises(ValueError, match="op='mean' must be 'sum' or 'max'"):
         all_reduce(x, "mean")
+
+
+def test_peak_memory_is_in_bytes_and_covers_a_tensor_this_process_touched():
+    from tformer.runtime import peak_memory
+
+    before = peak_memory()
+    assert isinstance(before, int) and before > 2**20  # Linux: VmHWM; a Python process with torch holds > 1 MiB
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, written, so resident
+    assert peak_memory() >= big.numel() * 4
+    assert peak_memory() >= before  # a peak never falls unless reset

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 
@@ -38,6 +39,25 @@ def resolve_device(device: torch.device | str | None, name: str = "device") -> t
         return pick_device(device)
     except ValueError as error:
         raise ValueError(str(error).replace("prefer=", f"{name}=", 1)) from None
+
+
+def peak_memory() -> int | None:
+    """Peak resident memory of this process so far, in bytes: ``VmHWM`` of ``/proc/self/status``
+    (Linux; writing 5 to ``/proc/self/clear_refs`` resets it), else ``getrusage``'s ``ru_maxrss``
+    (KiB on Linux, bytes on macOS), or None where neither exists (Windows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def available_memory() -> int | None:

@@ -39,6 +39,7 @@ from tformer.data.batches import RandomWindows, random_windows
 from tformer.data.sources import load_text, tiny_shakespeare
 from tformer.nn.gpt import GPT, GPTConfig
 from tformer.recipes.language_model import CharLMSettings, evaluate_loss, new_char_gpt, split_text
+from tformer.runtime import peak_memory
 from tformer.training.loop import TrainState, train_epoch
 from tformer.training.objectives import LabelSmoothingLoss
 from tformer.training.optim import make_adamw, warmup_cosine_scheduler
@@ -162,18 +163,9 @@ def _reset_peak() -> None:
 
 
 def _peak_mib() -> float:
-    """Peak resident memory of this process, in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # reported in kB
-    except OSError:
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return float("nan")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak resident memory of this process, in MiB (NaN where it cannot be read)."""
+    peak = peak_memory()
+    return float("nan") if peak is None else peak / 2**20
 
 
 @torch.inference_mode()

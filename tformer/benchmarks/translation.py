@@ -10,7 +10,6 @@ minutes of training on 2 CPU cores, in ≤ 2 GB.
 from __future__ import annotations
 
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -20,11 +19,12 @@ import torch
 from tformer.benchmarks import print_result
 from tformer.data.corpus import builtin_splits
 from tformer.recipes.translation import Settings, evaluate_bleu, train_translation
+from tformer.runtime import peak_memory
 
 
 def _peak_rss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+    peak = peak_memory()
+    return float("nan") if peak is None else peak / 2**20
 
 
 def run(quick: bool = False, precision: str = "float32") -> dict:

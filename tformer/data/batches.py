@@ -66,9 +66,10 @@ class Batch:
         return self.tgt_out
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> torch.Tensor:
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Rows of ids of different lengths → one ``(len(rows), longest)`` long tensor, padded on the right."""
     width = max(len(r) for r in rows)
-    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+    return torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def collate(src_ids: list[list[int]], tgt_ids: list[list[int]], index: Sequence[int] | None = None,
@@ -78,10 +79,10 @@ def collate(src_ids: list[list[int]], tgt_ids: list[list[int]], index: Sequence[
     ``tgt_ids`` must already hold ``<bos>`` ... ``<eos>``; the masks use
     :func:`tformer.masks.padding_mask` and :func:`tformer.masks.causal_mask`.
     """
-    src = _pad(src_ids, pad_id)  # (B, S)
+    src = pad_rows(src_ids, pad_id)  # (B, S)
     # shift each row before padding, so no <eos> is left inside a shorter row's tgt_in
-    tgt_in = _pad([t[:-1] for t in tgt_ids], pad_id)  # (B, T)  <bos> y1 .. yn
-    tgt_out = _pad([t[1:] for t in tgt_ids], pad_id)  # (B, T)  y1 .. yn <eos>
+    tgt_in = pad_rows([t[:-1] for t in tgt_ids], pad_id)  # (B, T)  <bos> y1 .. yn
+    tgt_out = pad_rows([t[1:] for t in tgt_ids], pad_id)  # (B, T)  y1 .. yn <eos>
     src_mask = padding_mask(src, pad_id=pad_id)  # (B, 1, 1, S)
     tgt_mask = padding_mask(tgt_in, pad_id=pad_id) & causal_mask(tgt_in.shape[1])  # (B, 1, T, T)
     index = torch.tensor(list(index) if index is not None else range(len(src_ids)), dtype=torch.long)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,11 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import tformer._checks as _checks
+from tformer.data.batches import pad_rows
 from tformer.data.sources import chinese_reviews, tiny_shakespeare
 from tformer.inference.generation import generate
 from tformer.masks import padding_mask
 from tformer.nn.lora import apply_lora
-from tformer.nn.transformer import Transformer
+from tformer.nn.transformer import Transformer, count_parameters
 from tformer.pretrained import load_smollm2
 from tformer.recipes.translation import (
     Settings,
@@ -51,7 +51,7 @@ from tformer.recipes.translation import (
     tokenizer_for,
     train_translation,
 )
-from tformer.runtime import autocast_context, resolve_precision
+from tformer.runtime import autocast_context, peak_memory, resolve_precision
 from tformer.training.checkpoint import write_json
 
 LM_MODES = ("frozen", "lora", "full")
@@ -61,20 +61,10 @@ SENTIMENT_ARMS = ("finetuned", "frozen", "scratch")
 # --------------------------------------------------------------------------- shared pieces
 
 
-def peak_rss_bytes() -> int:
-    """The peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held by the optimizer's state tensors (Adam: two moments per trained number)."""
     return sum(t.numel() * t.element_size() for state in optimizer.state.values()
                for t in state.values() if isinstance(t, torch.Tensor))
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -217,7 +207,7 @@ def lm_run(mode: str, settings: LMSettings | None = None, *, model=None, tokeniz
         out = generate(model, prompt, s.new_tokens)
         return tokenizer.decode(out[0, prompt.shape[1]:].tolist())
 
-    result: dict = {"mode": mode, "settings": asdict(s), "total_parameters": sum(p.numel() for p in model.parameters()),
+    result: dict = {"mode": mode, "settings": asdict(s), "total_parameters": count_parameters(model, trainable_only=False),
                     "train_tokens": len(train_ids), "valid_tokens": valid[:, 1:].numel()}
     result["valid_loss_before"] = lm_loss(model, valid, s.batch_size)
     result["generation_before"] = continuation()
@@ -261,7 +251,7 @@ def lm_run(mode: str, settings: LMSettings | None = None, *, model=None, tokeniz
         budget.stop()
         result["train_seconds"] = budget.used
     result.update(
-        trainable_parameters=trainable_parameters(model) if mode != "frozen" else 0,
+        trainable_parameters=count_parameters(model) if mode != "frozen" else 0,
         optimizer_state_bytes=optimizer_state_bytes(optimizer) if optimizer else 0,
         steps=steps,
         seconds_per_step=(sum(step_seconds[1:]) / (len(step_seconds) - 1)) if len(step_seconds) > 1 else None,
@@ -272,7 +262,7 @@ def lm_run(mode: str, settings: LMSettings | None = None, *, model=None, tokeniz
     result["valid_perplexity"] = math.exp(result["valid_loss"])
     result["valid_perplexity_before"] = math.exp(result["valid_loss_before"])
     result["generation"] = continuation() if steps else result["generation_before"]
-    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["peak_rss_bytes"] = peak_memory()
     say(f"{mode}: {steps} steps, validation perplexity {result['valid_perplexity_before']:.2f} -> "
         f"{result['valid_perplexity']:.2f}")
     return result
@@ -380,11 +370,6 @@ def encode_texts(tokenizers, texts: Sequence[str], max_tokens: int) -> tuple[lis
     return rows, unknown / max(total, 1)
 
 
-def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
 @torch.no_grad()
 def predict(model: SentimentClassifier, rows: Sequence[Sequence[int]], batch_size: int = 256) -> list[int]:
     """The predicted class of every row of ids (eval mode, float32)."""
@@ -394,7 +379,7 @@ def predict(model: SentimentClassifier, rows: Sequence[Sequence[int]], batch_siz
     out = [0] * len(rows)
     for k in range(0, len(order), batch_size):
         chunk = order[k:k + batch_size]
-        pred = model(_pad([rows[i] for i in chunk], model.pad_id)).argmax(-1).tolist()
+        pred = model(pad_rows([rows[i] for i in chunk], model.pad_id)).argmax(-1).tolist()
         for i, p in zip(chunk, pred):
             out[i] = p
     model.train(was_training)
@@ -472,7 +457,7 @@ def sentiment_run(arm: str, translator_dir, settings: SentimentSettings | None =
             g.shuffle(more)
             order += more
         chunk, order = order[:s.batch_size], order[s.batch_size:]
-        ids = _pad([train_rows[i] for i in chunk], model.pad_id)
+        ids = pad_rows([train_rows[i] for i in chunk], model.pad_id)
         y = torch.tensor([train_labels[i] for i in chunk])
         for group, lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = lr * min(1.0, (steps + 1) / (s.warmup + 1))
@@ -498,10 +483,10 @@ def sentiment_run(arm: str, translator_dir, settings: SentimentSettings | None =
         "train_reviews": len(train_rows), "test_reviews": len(test_rows),
         "test_positive_share": sum(test_labels) / len(test_labels),
         "unk_share_train": unk_share, "unk_share_test": test_unk,
-        "trainable_parameters": trainable_parameters(model), "steps": steps,
+        "trainable_parameters": count_parameters(model), "steps": steps,
         "epochs": examples / len(train_rows), "curve": curve,
         "accuracy": correct / len(right), "interval": [lo, hi], "right": [int(r) for r in right],
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": peak_memory(),
     }
 
 
@@ -632,8 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "LM_MODES", "SENTIMENT_ARMS", "LMSettings", "SentimentSettings", "SentimentClassifier",
     "encode_texts", "lm_loss", "lm_run", "lm_windows", "main", "optimizer_state_bytes", "paired_bootstrap",
-    "peak_rss_bytes", "predict", "run_experiments", "sentiment_run", "sentiment_splits", "shakespeare_ids",
-    "trainable_parameters", "wilson_interval",
+    "predict", "run_experiments", "sentiment_run", "sentiment_splits", "shakespeare_ids",
+    "wilson_interval",
 ]
 
 
