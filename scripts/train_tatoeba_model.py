@@ -7,6 +7,9 @@ training minutes at which each was saved (``OUT/epochs/minutes.json``), so chapt
 against training time from one run and try averaging the last epochs' weights.
 
     python scripts/train_tatoeba_model.py runs/tatoeba-model [--max-minutes 15] [--threads N]
+
+``--set KEY=VALUE`` changes one setting of the recipe (a ``Settings`` field such as ``cooldown=0.2``
+or a model field such as ``dropout=0.2``), for trying a recipe against the default one.
 """
 
 from __future__ import annotations
@@ -17,13 +20,34 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
+from tformer.nn.transformer import TransformerConfig
 from tformer.recipes.translation import Settings, load_data, tokenizer_for, train_translation
 
 WEIGHTS = "model.safetensors"
+
+
+def _changes(items: list[str]) -> dict:
+    """``["cooldown=0.2", "dropout=0.3"]`` → ``{"cooldown": 0.2, "model": {"dropout": 0.3}}``."""
+    model_fields = {f.name for f in fields(TransformerConfig)}
+    changes: dict = {"model": {}}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. cooldown=0.2")
+        value: object = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                pass
+        (changes["model"] if key in model_fields else changes)[key] = value
+    return changes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--max-minutes", type=float, default=None, help="default: the recipe's (15)")
     p.add_argument("--threads", type=int, default=None, help="default: torch's choice")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one setting of the recipe (repeatable)")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    settings = Settings.for_data("tatoeba")
+    settings = Settings.for_data("tatoeba", **_changes(args.set))
     if args.max_minutes is not None:
         settings.max_minutes = args.max_minutes
     tokenizer, bpe_vocab_size = tokenizer_for("tatoeba")

@@ -11,7 +11,7 @@ from helpers import tiny_translation_run
 from torch import nn
 
 from tformer.training.checkpoint import load_checkpoint, save_checkpoint
-from tformer.training.loop import evaluate, fit, train_epoch
+from tformer.training.loop import Cooldown, evaluate, fit, train_epoch
 from tformer.training.objectives import GlobalMeanLoss, LabelSmoothingLoss
 from tformer.training.optim import make_optimizer, noam_lr, noam_scheduler, warmup_cosine_lr
 
@@ -152,6 +152,63 @@ def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_run(tmp_pa
     assert resumed.history["train_loss"] == full.history["train_loss"]
     assert resumed.history["valid_loss"] == full.history["valid_loss"]
     assert opt2.param_groups[0]["lr"] == want_lr
+
+
+# ----------------------------------------------------------------------------- cooldown
+
+
+def test_cooldown_by_steps_is_a_linear_ramp_worked_by_hand():
+    # max_steps 10, fraction 0.3: the last 3 steps get 3/3, 2/3, 1/3 ... of their scheduled rate
+    ramp = Cooldown(0.3, max_steps=10)
+    got = [ramp.factor(step) for step in range(1, 11)]
+    assert got[:7] == [1.0] * 7
+    assert got[7:] == pytest.approx([1.0, 2 / 3, 1 / 3])
+    assert Cooldown(0.0, max_steps=10).factor(10) == 1.0
+    # a resumed run (first step 20, limit 30) ramps over its own 10 steps
+    assert Cooldown(0.5, first_step=20, max_steps=30).factor(30) == pytest.approx(1 / 5)
+
+
+def test_cooldown_by_time_falls_to_zero_at_the_deadline(monkeypatch):
+    import tformer.training.loop as loop
+
+    now = [100.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
+    ramp = Cooldown(0.25, deadline=200.0, seconds=100.0)  # started at 100, ramps from 175
+    for t, want in [(100.0, 1.0), (175.0, 1.0), (187.5, 0.5), (200.0, 0.0), (230.0, 0.0)]:
+        now[0] = t
+        assert ramp.factor(1) == pytest.approx(want)
+
+
+def test_fit_scales_each_step_rate_and_leaves_the_scheduler_its_own():
+    loss_fn = LabelSmoothingLoss(0.1)
+    model, opt, sched, batches, *_ = tiny_translation_run(seed=2)
+    plain = fit(model, batches, None, epochs=3, loss_fn=loss_fn, optimizer=opt, scheduler=sched,
+                max_steps=12, progress=False, log=None)
+    model, opt, sched, batches, *_ = tiny_translation_run(seed=2)
+    cooled = fit(model, batches, None, epochs=3, loss_fn=loss_fn, optimizer=opt, scheduler=sched,
+                 max_steps=12, cooldown=0.5, progress=False, log=None)
+    want = [lr * Cooldown(0.5, max_steps=12).factor(i + 1) for i, lr in enumerate(plain.history["lr"])]
+    assert cooled.history["lr"] == pytest.approx(want)
+    assert cooled.history["lr"][-1] == pytest.approx(plain.history["lr"][-1] / 6)
+    # after the run the optimizer holds the scheduler's rate for the next step, not a scaled one
+    assert opt.param_groups[0]["lr"] == pytest.approx(noam_lr(13, 16, 4, 1.0))
+
+
+def test_cooldown_over_epochs_when_there_is_no_other_limit():
+    model, opt, sched, batches, *_ = tiny_translation_run(seed=3)
+    n = len(batches(0))  # 6 batches per epoch
+    state = fit(model, batches, None, epochs=2, loss_fn=LabelSmoothingLoss(0.1), optimizer=opt,
+                scheduler=sched, cooldown=0.5, progress=False, log=None)
+    factors = [lr / noam_lr(i + 1, 16, 4, 1.0) for i, lr in enumerate(state.history["lr"])]
+    assert factors == pytest.approx([1.0] * n + [(n - i) / n for i in range(n)])
+
+
+def test_cooldown_outside_zero_to_one_is_rejected_with_its_value():
+    model, opt, sched, batches, *_ = tiny_translation_run()
+    with pytest.raises(ValueError, match="cooldown=1.5"):
+        fit(model, batches, None, epochs=1, loss_fn=LabelSmoothingLoss(), optimizer=opt, cooldown=1.5)
+    with pytest.raises(TypeError, match="cooldown"):
+        Cooldown("0.2")
 
 
 def test_train_epoch_works_inside_distributed_data_parallel(tmp_path):

@@ -26,6 +26,8 @@ SETTING_HELP = {
                "1: the last weights); ",
     "beam_size": "beam size that evaluate and translate use for this checkpoint unless told (1: greedy); ",
     "alpha": "length penalty of that beam search; ",
+    "cooldown": "the last fraction of the run (of its time limit, or of its steps) in which the learning "
+                "rate falls linearly to 0 (0: none); ",
 }
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

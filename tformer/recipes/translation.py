@@ -84,6 +84,7 @@ class Settings:
     lr_factor: float = 0.5  # multiplies the schedule
     smoothing: float = 0.1  # ε_ls, §5.4
     clip_norm: float = 1.0  # global gradient-norm clipping
+    cooldown: float = 0.0  # the last fraction of the run, in which the rate falls linearly to 0 (0: none)
     epochs: int = 10
     max_minutes: float | None = 3.0  # stop training after this long (None: only epochs)
     seed: int = 0
@@ -109,6 +110,7 @@ class Settings:
         _checks.positive_float("lr_factor", self.lr_factor)
         _checks.probability("smoothing", self.smoothing)
         _checks.positive_float("clip_norm", self.clip_norm)
+        _checks.probability("cooldown", self.cooldown, upper_inclusive=True)
         _checks.real_between("alpha", self.alpha, -1e-12, 10.0, "a length penalty in [0, 10), e.g. 0.6")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
@@ -400,7 +402,7 @@ def train_translation(
             valid,
             epochs=s.epochs, loss_fn=LabelSmoothingLoss(s.smoothing, ignore_index=tok.tgt_vocab.pad_id),
             optimizer=optimizer, scheduler=scheduler, state=state, device=device, clip_norm=s.clip_norm,
-            precision=s.precision, max_minutes=s.max_minutes, max_steps=max_steps,
+            precision=s.precision, max_minutes=s.max_minutes, max_steps=max_steps, cooldown=s.cooldown,
             on_checkpoint=save, progress=progress, log=log,
         )  # fmt: skip
     if recent.averaged is not None:

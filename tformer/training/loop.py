@@ -152,6 +152,37 @@ def _forward_loss(model: nn.Module, batch, loss_fn: nn.Module) -> torch.Tensor:
     return loss_fn(logits, batch.target)
 
 
+class Cooldown:
+    """The factor in (0, 1] that scales the scheduler's learning rate over the last ``fraction`` of a
+    run, falling linearly to 0 at its end (the "cooldown" of a warmup–stable–decay schedule; Hägele
+    et al., 2024, *Scaling Laws and Compute-Optimal Training beyond Fixed Training Durations*).
+
+    A run with a time limit does not know how many steps it will take, so the end is whichever limit
+    comes first: the ``deadline`` (a ``time.perf_counter()`` value, ``seconds`` after the start), the
+    global step ``max_steps``, or the last step of ``epochs`` (estimated from the current epoch's
+    batch count). Each limit gives its own linear ramp over the last ``fraction`` of its span, and
+    the smallest factor wins. ``fraction=0`` is no cooldown: the factor is always 1.
+    """
+
+    def __init__(self, fraction: float, *, first_step: int = 0, deadline: float | None = None,
+                 seconds: float | None = None, max_steps: int | None = None) -> None:
+        self.fraction = _checks.probability("cooldown", fraction, upper_inclusive=True)
+        self.first_step, self.deadline, self.seconds, self.max_steps = first_step, deadline, seconds, max_steps
+        self.epoch_end: int | None = None  # the step the planned epochs end at, set by each epoch
+
+    def factor(self, step: int) -> float:
+        """The factor for the optimizer step that makes ``step`` steps done (1, 2, …)."""
+        if self.fraction == 0.0:
+            return 1.0
+        ramps = []
+        if self.deadline is not None and self.seconds:
+            ramps.append((self.deadline - time.perf_counter()) / (self.fraction * self.seconds))
+        for end in (self.max_steps, self.epoch_end):
+            if end is not None and end > self.first_step:
+                ramps.append((end - step + 1) / (self.fraction * (end - self.first_step)))
+        return min([1.0] + [max(r, 0.0) for r in ramps])
+
+
 def train_epoch(
     model: nn.Module,
     batches: Sequence,
@@ -166,6 +197,7 @@ def train_epoch(
     state: TrainState | None = None,
     deadline: float | None = None,
     max_steps: int | None = None,
+    cooldown: Cooldown | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> EpochResult:
@@ -186,6 +218,8 @@ def train_epoch(
         scaler: a ``torch.amp.GradScaler`` for float16 (not needed for bfloat16).
         deadline: ``time.perf_counter()`` value after which the epoch stops early.
         max_steps: stop once ``state.step`` reaches this global step count.
+        cooldown: a :class:`Cooldown` whose factor scales each step's learning rate (the
+            scheduler's own rate is restored after the step, so any scheduler works unchanged).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = _precision_dtype(precision, device)
@@ -236,12 +270,20 @@ def train_epoch(
             loss.backward()
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        scale = cooldown.factor(state.step + 1) if cooldown is not None else 1.0
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        if scale != 1.0:
+            for group, rate in zip(optimizer.param_groups, scheduled):
+                group["lr"] = rate * scale
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
+        if scale != 1.0:
+            for group, rate in zip(optimizer.param_groups, scheduled):
+                group["lr"] = rate  # the scheduler goes on from its own rate
         if scheduler is not None:
             scheduler.step()
         n = int(batch.n_tokens)
@@ -318,6 +360,7 @@ def fit(
     precision: Precision = "float32",
     max_minutes: float | None = None,
     max_steps: int | None = None,
+    cooldown: float = 0.0,
     on_checkpoint: Callable[[TrainState], None] | None = None,
     is_main: bool = True,
     progress: bool = True,
@@ -335,6 +378,9 @@ def fit(
             the run (only on the main process); it should save a checkpoint.
         is_main: ``False`` on every DDP process but rank 0: no printing, no bar, no saving.
         precision: as in :func:`train_epoch`; decided once here (``"auto"`` measures once).
+        cooldown: the fraction of this call's run (its time limit, its steps up to ``max_steps``
+            or its epochs, whichever ends first) over which the learning rate falls linearly to 0
+            (see :class:`Cooldown`); 0, the default, leaves the scheduler's rate alone.
 
     Ctrl-C (in the main thread) stops at the next step boundary, hands the state to
     ``on_checkpoint`` and raises :class:`TrainingInterrupted`; a second Ctrl-C stops at once. A
@@ -354,19 +400,22 @@ def fit(
     state = state if state is not None else TrainState()
     dtype = _precision_dtype(precision, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    _checks.probability("cooldown", cooldown, upper_inclusive=True)
     deadline = None
     if max_minutes is not None:
         deadline = time.perf_counter() + max_minutes * 60  # of this call, not of the whole run
+    ramp = Cooldown(cooldown, first_step=state.step, deadline=deadline,
+                    seconds=None if max_minutes is None else max_minutes * 60, max_steps=max_steps)
     say = log if (is_main and log is not None) else (lambda _msg: None)
     with _Interrupt.deferred():
         return _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer, scheduler,
                            state, device, clip_norm, dtype, scaler, deadline, max_steps,
-                           on_checkpoint, is_main, progress, say)
+                           on_checkpoint, is_main, progress, say, ramp)
 
 
 def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer, scheduler, state,
                 device, clip_norm, dtype, scaler, deadline, max_steps, on_checkpoint, is_main,
-                progress, say) -> TrainState:
+                progress, say, cooldown=None) -> TrainState:
     if state.epoch < epochs:
         state.finished = False  # a finished run resumed with more epochs is unfinished again
     while state.epoch < epochs:
@@ -376,11 +425,14 @@ def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer,
                 "train_batches is empty: no sentence pair survived batching (are all of them empty "
                 "or longer than max_len?)"
             )
+        if cooldown is not None:  # where the planned epochs end, as this epoch's batch count says
+            cooldown.epoch_end = (state.step + len(batches) - state.batch_in_epoch
+                                  + (epochs - state.epoch - 1) * len(batches))
         t0 = time.perf_counter()
         result = train_epoch(
             model, batches, loss_fn, optimizer, scheduler,
             device=device, clip_norm=clip_norm, precision=dtype, scaler=scaler, state=state,
-            deadline=deadline, max_steps=max_steps, progress=progress and is_main,
+            deadline=deadline, max_steps=max_steps, cooldown=cooldown, progress=progress and is_main,
             desc=f"epoch {state.epoch + 1}/{epochs}",
         )  # fmt: skip
         state.elapsed += time.perf_counter() - t0
