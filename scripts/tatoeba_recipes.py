@@ -33,7 +33,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,8 +40,10 @@ import sacrebleu
 import torch
 from safetensors.torch import load_file
 
-import tformer.training.loop as loop
-from tformer.nn.transformer import TransformerConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_tatoeba_model import parse_changes  # noqa: E402  (the script beside this one)
+
+import tformer.training.loop as loop  # noqa: E402
 from tformer.recipes.translation import (
     Settings,
     Translator,
@@ -52,27 +53,24 @@ from tformer.recipes.translation import (
 from tformer.training.averaging import average_state_dicts
 from tformer.training.checkpoint import read_json
 
-MODEL_FIELDS = {f.name for f in fields(TransformerConfig)}
 ROOT = Path(__file__).resolve().parents[1]
 LOG = ROOT / "book" / "_static" / "tatoeba_recipes.json"
 WEIGHTS = "model.safetensors"
 
 
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
 def _settings(pairs: list[str], minutes: float, epochs: int) -> Settings:
-    model, train = {}, {}
-    for item in pairs:
-        key, _, text = item.partition("=")
-        (model if key in MODEL_FIELDS else train)[key] = _value(text)
-    return Settings(model=model, max_minutes=minutes, epochs=epochs, **train)
+    return Settings(max_minutes=minutes, epochs=epochs, **parse_changes(pairs))
+
+
+def load_mean(model: torch.nn.Module, paths: list[Path]) -> None:
+    """Load the mean of the weight files ``paths`` into ``model``. ``save_model`` stores a tied
+    matrix once, under one of its names, and the other follows it; anything else missing or
+    unexpected is an error."""
+    weights = average_state_dicts([load_file(str(p)) for p in paths])
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or not set(missing) <= {"generator.weight", "tgt_embed.weight", "src_embed.weight"}:
+        raise ValueError(f"the weights in {paths[0].parent} do not fit this model: missing "
+                         f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
 
 
 def _scores(translator: Translator, pairs, beam: int) -> dict:
@@ -129,10 +127,7 @@ def run(args: argparse.Namespace) -> dict:
     for k in args.average:
         if len(snapshots) >= k - 1:
             paths = [out / WEIGHTS] + [p for _, p in snapshots[len(snapshots) - (k - 1):]]
-            weights = average_state_dicts([load_file(str(p)) for p in paths])
-            missing, unexpected = translator.model.load_state_dict(weights, strict=False)
-            # save_model stores a tied matrix once, under one of its names; the other follows it
-            assert not unexpected and set(missing) <= {"generator.weight", "tgt_embed.weight", "src_embed.weight"}
+            load_mean(translator.model, paths)
             record[f"avg{k}_greedy"] = _scores(translator, valid, 1)
             print(k, record[f"avg{k}_greedy"], flush=True)
     if args.keep:

@@ -33,14 +33,13 @@ import tempfile
 from pathlib import Path
 
 import sacrebleu
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_tatoeba_model  # noqa: E402  (the script beside this one)
+import tatoeba_recipes  # noqa: E402  (the scripts beside this one)
+import train_tatoeba_model  # noqa: E402
 
 from tformer.metrics import paired_bootstrap_bleu  # noqa: E402
 from tformer.recipes.translation import Translator, decoding_defaults, load_data  # noqa: E402
-from tformer.training.averaging import average_state_dicts  # noqa: E402
 from tformer.training.checkpoint import read_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,11 +79,7 @@ def record(name: str, directory: Path, changes: list[str], epochs: list[int] | N
     steps, epochs_done, train_minutes, average = (minutes["steps"], minutes["epochs_done"],
                                                   minutes["train_minutes"], train["average"])
     if epochs:
-        weights = average_state_dicts([load_file(str(directory / "epochs" / f"epoch{e}.safetensors"))
-                                       for e in epochs])
-        _, unexpected = translator.model.load_state_dict(weights, strict=False)  # a tied matrix is stored once
-        if unexpected:
-            raise SystemExit(f"{directory}: the epoch weights hold {unexpected[:3]}, not this model's")
+        tatoeba_recipes.load_mean(translator.model, [directory / "epochs" / f"epoch{e}.safetensors" for e in epochs])
         steps, epochs_done, train_minutes, average = None, max(epochs), minutes["epoch_minutes"][max(epochs) - 1], len(epochs)
         history = {k: v[:max(epochs)] for k, v in history.items() if k in ("tokens_per_s", "valid_loss")}
     hyps = translator.translate([p.src for p in valid], beam_size=beam, alpha=alpha)

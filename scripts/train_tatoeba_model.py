@@ -31,23 +31,27 @@ from tformer.recipes.translation import Settings, load_data, tokenizer_for, trai
 WEIGHTS = "model.safetensors"
 
 
-def _changes(items: list[str]) -> dict:
-    """``["cooldown=0.2", "dropout=0.3"]`` → ``{"cooldown": 0.2, "model": {"dropout": 0.3}}``."""
+def parse_changes(items: list[str]) -> dict:
+    """``["cooldown=0.2", "dropout=0.3"]`` → ``{"cooldown": 0.2, "model": {"dropout": 0.3}}``: keyword
+    arguments for ``Settings`` (model fields go under ``model``). Values are read as int, float,
+    true/false/none, or else kept as text."""
     model_fields = {f.name for f in fields(TransformerConfig)}
     changes: dict = {"model": {}}
     for item in items:
         key, eq, text = item.partition("=")
         if not eq:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. cooldown=0.2")
-        value: object = text
-        for kind in (int, float):
-            try:
-                value = kind(text)
-                break
-            except ValueError:
-                pass
-        (changes["model"] if key in model_fields else changes)[key] = value
+        (changes["model"] if key in model_fields else changes)[key] = _value(text)
     return changes
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    settings = Settings.for_data("tatoeba", **_changes(args.set))
+    settings = Settings.for_data("tatoeba", **parse_changes(args.set))
     if args.max_minutes is not None:
         settings.max_minutes = args.max_minutes
     tokenizer, bpe_vocab_size = tokenizer_for("tatoeba")

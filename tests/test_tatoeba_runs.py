@@ -32,10 +32,10 @@ def _script(name: str):
 
 def test_set_splits_recipe_and_model_fields_and_reads_numbers():
     train = _script("train_tatoeba_model")
-    assert train._changes(["cooldown=0.2", "dropout=0.3", "seed=1", "precision=bf16"]) == {
-        "cooldown": 0.2, "seed": 1, "precision": "bf16", "model": {"dropout": 0.3}}
+    assert train.parse_changes(["cooldown=0.2", "dropout=0.3", "seed=1", "precision=bf16", "norm_first=true"]) == {
+        "cooldown": 0.2, "seed": 1, "precision": "bf16", "model": {"dropout": 0.3, "norm_first": True}}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
-        train._changes(["cooldown"])
+        train.parse_changes(["cooldown"])
 
 
 @pytest.fixture(scope="module")

@@ -153,7 +153,7 @@ def _forward_loss(model: nn.Module, batch, loss_fn: nn.Module) -> torch.Tensor:
 
 
 class Cooldown:
-    """The factor in (0, 1] that scales the scheduler's learning rate over the last ``fraction`` of a
+    """The factor in [0, 1] that scales the scheduler's learning rate over the last ``fraction`` of a
     run, falling linearly to 0 at its end (the "cooldown" of a warmup–stable–decay schedule; Hägele
     et al., 2024, *Scaling Laws and Compute-Optimal Training beyond Fixed Training Durations*).
 
@@ -271,8 +271,8 @@ def train_epoch(
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         scale = cooldown.factor(state.step + 1) if cooldown is not None else 1.0
-        scheduled = [group["lr"] for group in optimizer.param_groups]
         if scale != 1.0:
+            scheduled = [group["lr"] for group in optimizer.param_groups]
             for group, rate in zip(optimizer.param_groups, scheduled):
                 group["lr"] = rate * scale
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
@@ -400,7 +400,6 @@ def fit(
     state = state if state is not None else TrainState()
     dtype = _precision_dtype(precision, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    _checks.probability("cooldown", cooldown, upper_inclusive=True)
     deadline = None
     if max_minutes is not None:
         deadline = time.perf_counter() + max_minutes * 60  # of this call, not of the whole run
@@ -415,7 +414,7 @@ def fit(
 
 def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer, scheduler, state,
                 device, clip_norm, dtype, scaler, deadline, max_steps, on_checkpoint, is_main,
-                progress, say, cooldown=None) -> TrainState:
+                progress, say, cooldown) -> TrainState:
     if state.epoch < epochs:
         state.finished = False  # a finished run resumed with more epochs is unfinished again
     while state.epoch < epochs:
@@ -425,9 +424,9 @@ def _fit_epochs(model, train_batches, valid_batches, epochs, loss_fn, optimizer,
                 "train_batches is empty: no sentence pair survived batching (are all of them empty "
                 "or longer than max_len?)"
             )
-        if cooldown is not None:  # where the planned epochs end, as this epoch's batch count says
-            cooldown.epoch_end = (state.step + len(batches) - state.batch_in_epoch
-                                  + (epochs - state.epoch - 1) * len(batches))
+        # where the planned epochs end, as this epoch's batch count says
+        cooldown.epoch_end = (state.step + len(batches) - state.batch_in_epoch
+                              + (epochs - state.epoch - 1) * len(batches))
         t0 = time.perf_counter()
         result = train_epoch(
             model, batches, loss_fn, optimizer, scheduler,
