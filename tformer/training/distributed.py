@@ -153,7 +153,15 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
 
 
 def cleanup() -> None:
-    """Leave the process group (call once at the end of a torchrun script)."""
+    """Leave the process group (call once at the end of a torchrun script).
+
+    Every process first waits at a barrier, so none closes its connections while another is
+    still using them: a gloo process whose peer has already gone can abort during teardown
+    ("terminate called without an active exception") after its work was done.
+    """
     if is_distributed():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
