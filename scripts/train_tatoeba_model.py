@@ -8,8 +8,9 @@ against training time from one run and try averaging the last epochs' weights.
 
     python scripts/train_tatoeba_model.py runs/tatoeba-model [--max-minutes 15] [--threads N]
 
-``--set KEY=VALUE`` changes one setting of the recipe (a ``Settings`` field such as ``cooldown=0.2``
-or a model field such as ``dropout=0.2``), for trying a recipe against the default one.
+``--set KEY=VALUE`` changes one setting of the recipe (a ``Settings`` field such as ``cooldown=0.2``,
+a model field such as ``dropout=0.2``, or the tokenizer's ``bpe_vocab_size=2000``), for trying a
+recipe against the default one.
 """
 
 from __future__ import annotations
@@ -64,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    settings = Settings.for_data("tatoeba", **parse_changes(args.set))
+    changes = parse_changes(args.set)
+    tokenizer, bpe_vocab_size = tokenizer_for("tatoeba")
+    bpe_vocab_size = changes.pop("bpe_vocab_size", bpe_vocab_size)  # the tokenizer's, not a Settings field
+    settings = Settings.for_data("tatoeba", **changes)
     if args.max_minutes is not None:
         settings.max_minutes = args.max_minutes
-    tokenizer, bpe_vocab_size = tokenizer_for("tatoeba")
     if args.out.exists():  # a checkpoint of an earlier or interrupted run: start again
         if any(args.out.iterdir()) and not (args.out / "config.json").exists():
             raise SystemExit(f"{args.out} holds files but no checkpoint; give a new or empty directory")

@@ -6,6 +6,7 @@ import fnmatch
 import hashlib
 import importlib.resources
 import json
+import random
 import re
 import zipfile
 from pathlib import Path
@@ -305,6 +306,80 @@ def test_bpe_tokenizer_round_trip_unknowns_and_save(tmp_path):
     again = BPETokenizer.load(tmp_path / "bpe.json")
     assert again.tokenize("My friend's cat.") == bpe.tokenize("My friend's cat.")
     assert again.vocab == bpe.vocab
+
+
+@pytest.fixture(scope="module")
+def tatoeba_bpe():
+    """A BPE of 1,000 pieces learnt on the English side of the shipped Tatoeba training split."""
+    from tformer.data.tatoeba import tatoeba_splits
+
+    english = [p.tgt for p in tatoeba_splits()["train"]]
+    return BPETokenizer.train(english[:5000], vocab_size=1000), english
+
+
+def test_bpe_dropout_at_zero_is_the_library_bpe_on_every_training_sentence(tatoeba_bpe):
+    bpe, english = tatoeba_bpe
+    rng = random.Random(0)
+    odd = ["", "  two  spaces ", "Crème brûlée for 3.50€ 😀!", "ÉCOLE", "don't-stop", "a\tb\nc"]
+    for text in english + odd:
+        assert bpe._sample(text, 0.0, rng) == bpe.tokenize(text), text
+    assert bpe.tokenize("Tom's cat.", dropout=0.0) == bpe.tokenize("Tom's cat.")  # no rng needed
+
+
+def test_bpe_dropout_varies_the_pieces_reproducibly_and_keeps_the_text(tatoeba_bpe):
+    bpe, english = tatoeba_bpe
+    sample = english[:2000]
+    plain = [bpe.tokenize(t) for t in sample]
+
+    def sampled(seed: int) -> list[list[str]]:
+        rng = random.Random(seed)
+        return [bpe.tokenize(t, dropout=0.1, rng=rng) for t in sample]
+
+    first, other = sampled(7), sampled(8)
+    assert sampled(7) == first  # the same seed, the same pieces
+    changed = sum(a != b for a, b in zip(first, plain)) / len(sample)
+    assert 0.5 < changed < 1.0, changed  # almost every sentence changes somewhere; a few short ones do not
+    assert sum(a != b for a, b in zip(first, other)) > len(sample) // 10
+    # finer pieces only: more of them, each a known token, and the same text back
+    assert sum(map(len, first)) > 1.1 * sum(map(len, plain))
+    assert all(t in bpe.vocab for pieces in first for t in pieces)
+    assert [bpe.detokenize(p) for p in first] == [bpe.detokenize(p) for p in plain]
+    # dropout 1 skips every merge: characters ("▁" marks a word start)
+    chars = bpe.tokenize("Tom isn't here.", dropout=1.0, rng=random.Random(0))
+    assert chars == ["▁", "T", "o", "m", "▁", "i", "s", "n", "'", "t", "▁", "h", "e", "r", "e", "."]
+
+
+def test_bpe_dropout_bad_input_is_named(tatoeba_bpe):
+    bpe, _ = tatoeba_bpe
+    with pytest.raises(TypeError, match="rng must be a random.Random"):
+        bpe.tokenize("Hello.", dropout=0.1)
+    with pytest.raises(ValueError, match=r"dropout=1.5 must lie in \[0, 1\]"):
+        bpe.tokenize("Hello.", dropout=1.5, rng=random.Random(0))
+    with pytest.raises(TypeError, match="dropout must be a float"):
+        bpe.tokenize("Hello.", dropout="0.1", rng=random.Random(0))
+
+
+def test_batches_with_bpe_dropout_are_seeded_per_epoch():
+    from tformer.data.tatoeba import tatoeba_splits
+
+    pairs = tatoeba_splits()["train"][:3000]
+    tok = Tokenizers.build(pairs, "bpe", bpe_vocab_size=800)
+
+    def flat(batches):
+        return sorted((int(i), row.tolist()) for b in batches for i, row in zip(b.index, b.tgt_out))
+
+    plain = flat(tok.batches(pairs, max_tokens=1500, seed=3))
+    assert flat(tok.batches(pairs, max_tokens=1500, seed=3, bpe_dropout=0.0)) == plain
+    epoch3 = flat(tok.batches(pairs, max_tokens=1500, seed=3, bpe_dropout=0.1))
+    assert flat(tok.batches(pairs, max_tokens=1500, seed=3, bpe_dropout=0.1)) == epoch3  # resumable
+    assert flat(tok.batches(pairs, max_tokens=1500, seed=4, bpe_dropout=0.1)) != epoch3  # a new epoch
+    assert epoch3 != plain and len(epoch3) == len(plain)
+    assert sum(len(r) for _, r in epoch3) > sum(len(r) for _, r in plain)
+    words = Tokenizers.build(pairs[:200])
+    with pytest.raises(ValueError, match="bpe_dropout=0.1 needs the BPE tokenizer"):
+        words.batches(pairs[:200], batch_size=8, bpe_dropout=0.1)
+    with pytest.raises(ValueError, match=r"bpe_dropout=1.0 must lie in \[0, 1\)"):
+        tok.batches(pairs[:200], batch_size=8, bpe_dropout=1.0)
 
 
 # --------------------------------------------------------------------------- batches

@@ -45,8 +45,16 @@ def short_run(tmp_path_factory):
     train = _script("train_tatoeba_model")  # a fresh module: the patch below stays in it
     full = train.train_translation
     train.train_translation = lambda *args, **kwargs: full(*args, **{**kwargs, "max_steps": 30})
-    assert train.main([str(out), "--set", "average=2", "--set", "dim_feedforward=256"]) == 0
+    assert train.main([str(out), "--set", "average=2", "--set", "dim_feedforward=256",
+                       "--set", "bpe_vocab_size=600"]) == 0
     return out
+
+
+def test_set_bpe_vocab_size_changes_the_tokenizer_not_the_settings(short_run):
+    config = json.loads((short_run / "config.json").read_text(encoding="utf-8"))
+    assert config["tokenizer"] == "bpe" and config["model"]["tgt_vocab_size"] == 600
+    assert "bpe_vocab_size" not in config["train"]
+    assert len(json.loads((short_run / "tgt_vocab.json").read_text(encoding="utf-8"))["tokens"]) == 600
 
 
 def test_record_keeps_the_settings_speed_and_translations(short_run, tmp_path, monkeypatch):
@@ -54,7 +62,7 @@ def test_record_keeps_the_settings_speed_and_translations(short_run, tmp_path, m
     valid = load_data("tatoeba")["valid"][:12]
     monkeypatch.setattr(runs, "load_data", lambda source: {"valid": valid})
     monkeypatch.setattr(runs, "LOG", tmp_path / "runs.json.gz")
-    rec = runs.record("short", short_run, ["average=2", "dim_feedforward=256"])
+    rec = runs.record("short", short_run, ["average=2", "dim_feedforward=256", "bpe_vocab_size=600"])
     assert rec["settings"]["average"] == 2 and rec["settings"]["model"]["dim_feedforward"] == 256
     assert rec["steps"] == 30 and rec["decoding"] == {"beam": 4, "alpha": 1.5, "average": 2, "epochs": None}
     # the record's translations are the checkpoint's, decoded as `evaluate` would
@@ -63,7 +71,7 @@ def test_record_keeps_the_settings_speed_and_translations(short_run, tmp_path, m
     assert rec["bleu"] == round(sacrebleu.corpus_bleu(want, [[p.tgt for p in valid]]).score, 2)
     # a second record of the same name replaces the first; the file is gzip'd JSON, bytes reproducible
     first = (tmp_path / "runs.json.gz").read_bytes()
-    runs.record("short", short_run, ["average=2", "dim_feedforward=256"])
+    runs.record("short", short_run, ["average=2", "dim_feedforward=256", "bpe_vocab_size=600"])
     assert (tmp_path / "runs.json.gz").read_bytes() == first
     with gzip.open(tmp_path / "runs.json.gz", "rt", encoding="utf-8") as f:
         assert [r["name"] for r in json.load(f)] == ["short"]

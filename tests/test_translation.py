@@ -91,3 +91,18 @@ def test_settings_check_the_model_sizes_once_through_transformer_config():
     with pytest.raises(ValueError, match="smoothing=1.0 must lie in"):
         Settings(smoothing=1.0)
     assert Settings.from_dict(s.to_dict()) == s
+
+
+def test_bpe_dropout_is_a_training_setting_that_needs_the_bpe_tokenizer(tmp_path):
+    from tformer.recipes.translation import train_translation
+
+    with pytest.raises(ValueError, match=r"bpe_dropout=1.0 must lie in \[0, 1\)"):
+        Settings(bpe_dropout=1.0)
+    assert Settings.from_dict({k: v for k, v in Settings().to_dict().items() if k != "bpe_dropout"}).bpe_dropout == 0.0
+    tiny = Settings(model={"d_model": 16, "num_heads": 2, "dim_feedforward": 32}, bpe_dropout=0.1, epochs=1)
+    pairs = load_builtin("train")[:40]
+    with pytest.raises(ValueError, match="bpe_dropout=0.1 needs tokenizer='bpe'; this run splits English by word"):
+        train_translation({"train": pairs, "valid": []}, tmp_path / "run", tiny, progress=False, log=lambda m: None)
+    _, state = train_translation({"train": pairs, "valid": []}, tmp_path / "bpe", tiny, tokenizer="bpe",
+                                 bpe_vocab_size=120, max_steps=2, progress=False, log=lambda m: None)
+    assert state.step == 2

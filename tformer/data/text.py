@@ -10,6 +10,7 @@ decided in one place, :mod:`tformer.recipes.translation`.
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -219,8 +220,44 @@ class BPETokenizer:
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok)
 
-    def tokenize(self, text: str) -> list[str]:
-        return self.tokenizer.encode(_check_text(text), add_special_tokens=False).tokens
+    def tokenize(self, text: str, dropout: float = 0.0, rng: random.Random | None = None) -> list[str]:
+        """The BPE pieces of ``text``. With ``dropout`` > 0 this is BPE-dropout (Provilkov et al.,
+        2020): while a word is merged, each merge that could apply is skipped with probability
+        ``dropout``, so the same word comes out in different, finer pieces from one call to the
+        next; ``rng`` (a :class:`random.Random`, required then) makes the draws reproducible.
+        Training uses it on the English side as data augmentation; translation never does."""
+        text = _check_text(text)
+        if dropout == 0.0:
+            return self.tokenizer.encode(text, add_special_tokens=False).tokens
+        _checks.probability("dropout", dropout, upper_inclusive=True)
+        if not isinstance(rng, random.Random):
+            raise TypeError(f"rng must be a random.Random when dropout > 0 (so the pieces are reproducible), "
+                            f"got {type(rng).__name__}")
+        return self._sample(text, dropout, rng)
+
+    def _sample(self, text: str, dropout: float, rng: random.Random) -> list[str]:
+        """BPE in Python, one word at a time: the lowest-ranked mergeable pair (leftmost on a tie) is
+        merged until none is left; a pair skipped by ``dropout`` stays skipped for that step only.
+        With ``dropout=0`` it gives the Rust library's pieces (a test checks every training sentence)."""
+        if not hasattr(self, "_ranks"):
+            model = json.loads(self.tokenizer.to_str())["model"]
+            self._ranks = {tuple(m.split(" ") if isinstance(m, str) else m): r for r, m in enumerate(model["merges"])}
+        ranks, known, unk = self._ranks, self.vocab.stoi, SPECIALS[3]
+        words = self.tokenizer.pre_tokenizer.pre_tokenize_str(self.tokenizer.normalizer.normalize_str(text))
+        out: list[str] = []
+        for word, _ in words:
+            symbols = list(word)
+            while len(symbols) > 1:
+                best, at = None, -1
+                for i in range(len(symbols) - 1):
+                    r = ranks.get((symbols[i], symbols[i + 1]))
+                    if r is not None and (best is None or r < best) and not rng.random() < dropout:
+                        best, at = r, i
+                if best is None:
+                    break
+                symbols[at:at + 2] = [symbols[at] + symbols[at + 1]]
+            out.extend(t if t in known else unk for t in symbols)
+        return out
 
     def detokenize(self, tokens: Iterable[str]) -> str:
         return self.tokenizer.decoder.decode(list(tokens))

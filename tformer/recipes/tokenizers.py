@@ -5,6 +5,7 @@ the English side of the training split (``kind="bpe"``)."""
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,7 +100,20 @@ class Tokenizers:
         return sum(too_long(len(self.tokenize_src(p.src)), len(self.tokenize_tgt(p.tgt)) + 2, max_len)
                    for p in pairs)
 
-    def batches(self, pairs: Sequence[Pair], **kwargs) -> list[Batch]:
-        """:func:`tformer.data.batches.make_batches` with these tokenizers and vocabularies."""
-        return make_batches(pairs, self.src_vocab, self.tgt_vocab, self.tokenize_src, self.tokenize_tgt,
-                            **kwargs)
+    def batches(self, pairs: Sequence[Pair], *, bpe_dropout: float = 0.0, **kwargs) -> list[Batch]:
+        """:func:`tformer.data.batches.make_batches` with these tokenizers and vocabularies.
+
+        ``bpe_dropout`` > 0 splits the English side by BPE-dropout
+        (:meth:`~tformer.data.text.BPETokenizer.tokenize`), with draws seeded by ``kwargs["seed"]``:
+        each epoch's batches (a new seed) hold new segmentations, and the same seed gives the same ones."""
+        tokenize_tgt = self.tokenize_tgt
+        if bpe_dropout:
+            _checks.probability("bpe_dropout", bpe_dropout)
+            if self.bpe is None:
+                raise ValueError(f"bpe_dropout={bpe_dropout} needs the BPE tokenizer; these tokenizers split "
+                                 f"English by {self.kind}")
+            rng, bpe = random.Random(f"bpe-dropout:{kwargs.get('seed', 0)}"), self.bpe
+
+            def tokenize_tgt(text: str) -> list[str]:
+                return bpe.tokenize(text, dropout=bpe_dropout, rng=rng)
+        return make_batches(pairs, self.src_vocab, self.tgt_vocab, self.tokenize_src, tokenize_tgt, **kwargs)

@@ -85,6 +85,7 @@ class Settings:
     smoothing: float = 0.1  # ε_ls, §5.4
     clip_norm: float = 1.0  # global gradient-norm clipping
     cooldown: float = 0.0  # the last fraction of the run, in which the rate falls linearly to 0 (0: none)
+    bpe_dropout: float = 0.0  # BPE-dropout of the English training pieces (Provilkov et al., 2020; 0: none)
     epochs: int = 10
     max_minutes: float | None = 3.0  # stop training after this long (None: only epochs)
     seed: int = 0
@@ -111,6 +112,7 @@ class Settings:
         _checks.probability("smoothing", self.smoothing)
         _checks.positive_float("clip_norm", self.clip_norm)
         _checks.probability("cooldown", self.cooldown, upper_inclusive=True)
+        _checks.probability("bpe_dropout", self.bpe_dropout)
         _checks.real_between("alpha", self.alpha, -1e-12, 10.0, "a length penalty in [0, 10), e.g. 0.6")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
@@ -366,6 +368,8 @@ def train_translation(
         config = s.model_config(len(tok.src_vocab), len(tok.tgt_vocab), tok.src_vocab.pad_id)
         check_model_size(config, training=True)  # before anything is allocated
         model = Transformer(config).to(device)
+    if s.bpe_dropout and tok.bpe is None:
+        raise ValueError(f"bpe_dropout={s.bpe_dropout} needs tokenizer='bpe'; this run splits English by {tok.kind}")
     optimizer = make_optimizer(model)
     scheduler = noam_scheduler(optimizer, model.config.d_model, s.warmup, s.lr_factor)
     state = None
@@ -398,7 +402,7 @@ def train_translation(
     with lock_directory(out_dir) if out_dir is not None else contextlib.nullcontext():
         state = fit(
             model,
-            lambda epoch: batches(splits["train"], shuffle=True, seed=s.seed * 1000 + epoch),
+            lambda epoch: batches(splits["train"], shuffle=True, seed=s.seed * 1000 + epoch, bpe_dropout=s.bpe_dropout),
             valid,
             epochs=s.epochs, loss_fn=LabelSmoothingLoss(s.smoothing, ignore_index=tok.tgt_vocab.pad_id),
             optimizer=optimizer, scheduler=scheduler, state=state, device=device, clip_norm=s.clip_norm,
