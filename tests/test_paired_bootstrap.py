@@ -17,6 +17,7 @@ from tformer.metrics import (
     _interval,
     _resample_scores,
     bleu,
+    bootstrap_bleu_over_runs,
     paired_bootstrap_bleu,
     sentence_statistics,
 )
@@ -150,3 +151,54 @@ def test_one_resample_and_one_sentence_work():
     result = paired_bootstrap_bleu(["a b c d"], ["a b c e"], ["a b c d"], resamples=1)
     assert result.low == result.high == result.difference > 0
     assert not math.isnan(result.share_a_better)
+
+
+# --------------------------------------------------------------------------- several runs per recipe
+
+
+def _damaged(refs: list[str], p: float, seed: int) -> list[str]:
+    """``refs`` with one word dropped from a share ``p`` of the sentences: a "run" of a recipe."""
+    rng = random.Random(seed)
+    out = []
+    for r in refs:
+        words = r.split()
+        if len(words) > 1 and rng.random() < p:
+            del words[rng.randrange(len(words))]
+        out.append(" ".join(words))
+    return out
+
+
+def test_one_run_each_or_identical_runs_is_exactly_the_paired_bootstrap():
+    refs, a, b = _systems()
+    single = paired_bootstrap_bleu(a, b, refs, resamples=300, seed=4)
+    assert bootstrap_bleu_over_runs([a], [b], refs, resamples=300, seed=4) == single
+    # three copies of a and two of b: every count scaled alike, so every BLEU and interval the same
+    assert bootstrap_bleu_over_runs([a, list(a), list(a)], [b, list(b)], refs, resamples=300, seed=4) == single
+
+
+def test_a_recipe_scores_the_pool_of_its_runs_and_disagreeing_runs_widen_the_interval():
+    refs, _, _ = _systems()
+    runs_a = [_damaged(refs, 0.2, seed) for seed in (1, 2, 3)]
+    runs_b = [_damaged(refs, 0.5, seed) for seed in (4, 5, 6)]
+    result = bootstrap_bleu_over_runs(runs_a, runs_b, refs, resamples=400)
+    assert result.bleu_a == bleu([h for run in runs_a for h in run], refs * 3)  # corpus BLEU of the pool
+    assert result.bleu_b == bleu([h for run in runs_b for h in run], refs * 3)
+    assert result.excludes_zero and result.low > 0  # 20% damaged beats 50%, whatever the draw
+    # a recipe whose runs disagree (one perfect, one damaged in 80% of sentences): the interval over
+    # runs is much wider than the sentence-only interval of the same pooled translations
+    wild = [list(refs), _damaged(refs, 0.8, 7)]
+    over_runs = bootstrap_bleu_over_runs(wild, runs_b[:2], refs, resamples=400)
+    pooled = paired_bootstrap_bleu(wild[0] + wild[1], runs_b[0] + runs_b[1], refs * 2, resamples=400)
+    assert math.isclose(over_runs.difference, pooled.difference)
+    assert over_runs.high - over_runs.low > 2 * (pooled.high - pooled.low)
+
+
+@pytest.mark.parametrize("runs_a, error, match", [
+    ([], ValueError, "runs_a must be a non-empty list of runs"),
+    ("a b", ValueError, "runs_a must be a non-empty list of runs"),
+    ([["x"]], ValueError, r"runs_a\[0\] holds 1 translations but refs holds 2"),
+    ([["x", 3]], TypeError, r"runs_a\[0\]\[1\] must be a str"),
+])
+def test_over_runs_bad_input_names_the_run(runs_a, error, match):
+    with pytest.raises(error, match=match):
+        bootstrap_bleu_over_runs(runs_a, [["a b", "c d"]], ["a b", "c d"])

@@ -10,7 +10,8 @@ We never compute BLEU by hand: sacrebleu fixes the tokenization (``13a``) so sco
 Two systems scored on the same sentences differ by chance as well as by quality: another sample of
 sentences would rank them with another gap. :func:`paired_bootstrap_bleu` measures that spread
 (Koehn, 2004): it resamples the sentences with replacement, scores both systems on every resample,
-and reports the interval that holds the middle 95% of the differences.
+and reports the interval that holds the middle 95% of the differences. When each recipe was
+trained several times, :func:`bootstrap_bleu_over_runs` resamples the runs as well.
 """
 
 from __future__ import annotations
@@ -113,20 +114,26 @@ def _resample_scores(stats_a: np.ndarray, stats_b: np.ndarray, resamples: int,
     product. The indices are ``numpy.random.default_rng(seed).choice(n, (resamples, n))``, drawn
     in chunks of rows, which gives the same indices as one draw: those of sacrebleu's own paired
     bootstrap for the same seed."""
-    n = len(stats_a)
-    rng = np.random.default_rng(seed)
     both = np.concatenate([stats_a, stats_b], axis=1).astype(np.float64)  # exact below 2**53
     width = stats_a.shape[1]
     scores_a, scores_b = np.empty(resamples), np.empty(resamples)
+    for start, weights in _sentence_weights(len(stats_a), resamples, seed):
+        sums = np.rint(weights @ both).astype(np.int64)
+        for r in range(len(weights)):
+            scores_a[start + r] = _score(sums[r, :width])
+            scores_b[start + r] = _score(sums[r, width:])
+    return scores_a, scores_b
+
+
+def _sentence_weights(n: int, resamples: int, seed: int):
+    """Yield ``(start, weights)`` for chunks of at most ``_CHUNK`` resamples of ``n`` sentences:
+    ``weights[r, i]`` (float64) is how often resample ``start + r`` drew sentence i."""
+    rng = np.random.default_rng(seed)
     for start in range(0, resamples, _CHUNK):
         rows = min(_CHUNK, resamples - start)
         idx = rng.choice(n, size=(rows, n), replace=True)
         weights = np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n)
-        sums = np.rint(weights.reshape(rows, n).astype(np.float64) @ both).astype(np.int64)
-        for r in range(rows):
-            scores_a[start + r] = _score(sums[r, :width])
-            scores_b[start + r] = _score(sums[r, width:])
-    return scores_a, scores_b
+        yield start, weights.reshape(rows, n).astype(np.float64)
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
@@ -139,7 +146,7 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class PairedBootstrap:
-    """The result of :func:`paired_bootstrap_bleu`: BLEU of both systems on all sentences, their
+    """The result of :func:`paired_bootstrap_bleu` (or :func:`bootstrap_bleu_over_runs`): BLEU of both systems on all sentences, their
     difference ``bleu_a - bleu_b``, the 95% interval ``[low, high]`` of that difference over the
     resamples, and the share of resamples on which a scored higher than b."""
 
@@ -189,4 +196,52 @@ def paired_bootstrap_bleu(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Se
     low, high = _interval(scores_a - scores_b)
     return PairedBootstrap(bleu_a=bleu_a, bleu_b=bleu_b, difference=bleu_a - bleu_b, low=low, high=high,
                            share_a_better=float(np.mean(scores_a > scores_b)), sentences=len(refs),
+                           resamples=resamples, seed=seed)
+
+
+def bootstrap_bleu_over_runs(runs_a: Sequence[Sequence[str]], runs_b: Sequence[Sequence[str]],
+                             refs: Sequence[str], resamples: int = 1000, seed: int = 0) -> PairedBootstrap:
+    """Compare two recipes, each trained several times (seeds), on the same sentences: a bootstrap
+    over sentences *and* runs.
+
+    ``runs_a`` holds the translations of ``refs`` by each run of recipe a (likewise ``runs_b``).
+    A recipe's BLEU is corpus BLEU of all its runs' translations together. Each resample draws the
+    sentence indices as :func:`paired_bootstrap_bleu` does (the same for both recipes), and also
+    draws each recipe's runs with replacement, so the interval widens when the runs of a recipe
+    disagree: it covers another sample of sentences and another draw of training runs. With a few
+    runs per recipe the second part is coarse (three runs give three values to draw from).
+
+    One run each gives exactly :func:`paired_bootstrap_bleu`; so do several identical runs (BLEU
+    of the summed statistics does not change when every count is multiplied by the same number)."""
+    refs = _strings("refs", refs)
+    if not refs:
+        raise ValueError("refs is empty; the bootstrap needs at least one sentence")
+    _checks.positive_int("resamples", resamples)
+    _checks.integer("seed", seed, minimum=0)
+    stats = []
+    for name, runs in (("runs_a", runs_a), ("runs_b", runs_b)):
+        if isinstance(runs, (str, bytes)) or not isinstance(runs, Sequence) or not runs:
+            raise ValueError(f"{name} must be a non-empty list of runs, each a list of translations; "
+                             f"got {type(runs).__name__}")
+        hyps = [_strings(f"{name}[{i}]", run) for i, run in enumerate(runs)]
+        for i, run in enumerate(hyps):
+            if len(run) != len(refs):
+                raise ValueError(f"{name}[{i}] holds {len(run)} translations but refs holds {len(refs)}: "
+                                 "every run translates the same sentences")
+        stats.append(np.stack([sentence_statistics(run, refs) for run in hyps]).astype(np.float64))
+    (stats_a, stats_b), n = stats, len(refs)
+    bleu_a, bleu_b = _score(np.rint(stats_a.sum((0, 1)))), _score(np.rint(stats_b.sum((0, 1))))
+    run_rng = np.random.default_rng([seed, 1])  # the runs: a stream apart from the sentences'
+    scores_a, scores_b = np.empty(resamples), np.empty(resamples)
+    for start, weights in _sentence_weights(n, resamples, seed):  # the sentences: as paired_bootstrap_bleu
+        rows = len(weights)
+        for scores, s in ((scores_a, stats_a), (scores_b, stats_b)):
+            per_run = np.einsum("rn,knw->rkw", weights, s)  # each run's statistics on each resample
+            picks = run_rng.integers(len(s), size=(rows, len(s)))
+            summed = np.rint(np.take_along_axis(per_run, picks[:, :, None], axis=1).sum(1)).astype(np.int64)
+            for r in range(rows):
+                scores[start + r] = _score(summed[r])
+    low, high = _interval(scores_a - scores_b)
+    return PairedBootstrap(bleu_a=bleu_a, bleu_b=bleu_b, difference=bleu_a - bleu_b, low=low, high=high,
+                           share_a_better=float(np.mean(scores_a > scores_b)), sentences=n,
                            resamples=resamples, seed=seed)
