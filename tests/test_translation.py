@@ -101,8 +101,10 @@ def test_bpe_dropout_is_a_training_setting_that_needs_the_bpe_tokenizer(tmp_path
     assert Settings.from_dict({k: v for k, v in Settings().to_dict().items() if k != "bpe_dropout"}).bpe_dropout == 0.0
     tiny = Settings(model={"d_model": 16, "num_heads": 2, "dim_feedforward": 32}, bpe_dropout=0.1, epochs=1)
     pairs = load_builtin("train")[:40]
-    with pytest.raises(ValueError, match="bpe_dropout=0.1 needs tokenizer='bpe'; this run splits English by word"):
+    # refused by the first epoch's batches, before any step or checkpoint
+    with pytest.raises(ValueError, match="bpe_dropout=0.1 needs the BPE tokenizer; these tokenizers split English by word"):
         train_translation({"train": pairs, "valid": []}, tmp_path / "run", tiny, progress=False, log=lambda m: None)
+    assert not (tmp_path / "run" / "config.json").exists()
     _, state = train_translation({"train": pairs, "valid": []}, tmp_path / "bpe", tiny, tokenizer="bpe",
                                  bpe_vocab_size=120, max_steps=2, progress=False, log=lambda m: None)
     assert state.step == 2

@@ -111,29 +111,29 @@ def _resample_scores(stats_a: np.ndarray, stats_b: np.ndarray, resamples: int,
     """Corpus BLEU of both systems on each of ``resamples`` resamples of the sentence indices (the
     same indices for both). Resample r draws n indices with replacement; ``weights[r, i]`` is how
     often sentence i was drawn, so ``weights @ stats`` sums every resample's statistics in one matrix
-    product. The indices are ``numpy.random.default_rng(seed).choice(n, (resamples, n))``, drawn
+    product (float64: exact for counts below 2**53). The indices are ``numpy.random.default_rng(seed).choice(n, (resamples, n))``, drawn
     in chunks of rows, which gives the same indices as one draw: those of sacrebleu's own paired
-    bootstrap for the same seed."""
-    both = np.concatenate([stats_a, stats_b], axis=1).astype(np.float64)  # exact below 2**53
-    width = stats_a.shape[1]
-    scores_a, scores_b = np.empty(resamples), np.empty(resamples)
-    for start, weights in _sentence_weights(len(stats_a), resamples, seed):
-        sums = np.rint(weights @ both).astype(np.int64)
-        for r in range(len(weights)):
-            scores_a[start + r] = _score(sums[r, :width])
-            scores_b[start + r] = _score(sums[r, width:])
-    return scores_a, scores_b
+    bootstrap for the same seed.
 
-
-def _sentence_weights(n: int, resamples: int, seed: int):
-    """Yield ``(start, weights)`` for chunks of at most ``_CHUNK`` resamples of ``n`` sentences:
-    ``weights[r, i]`` (float64) is how often resample ``start + r`` drew sentence i."""
-    rng = np.random.default_rng(seed)
+    ``stats_a`` is ``(n, width)`` for one system, or ``(runs, n, width)`` for a recipe trained
+    several times: then each resample also draws the recipe's runs with replacement (from a stream
+    of its own, so the sentence indices stay sacrebleu's) and sums the drawn runs' statistics. One
+    run draws only itself, which is the one-system case exactly."""
+    stacks = [np.asarray(x, dtype=np.float64).reshape(-1, *np.shape(x)[-2:]) for x in (stats_a, stats_b)]
+    scores = [np.empty(resamples) for _ in stacks]
+    n, rng, run_rng = stacks[0].shape[1], np.random.default_rng(seed), np.random.default_rng([seed, 1])
     for start in range(0, resamples, _CHUNK):
         rows = min(_CHUNK, resamples - start)
         idx = rng.choice(n, size=(rows, n), replace=True)
         weights = np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n)
-        yield start, weights.reshape(rows, n).astype(np.float64)
+        weights = weights.reshape(rows, n).astype(np.float64)
+        for out, stats in zip(scores, stacks):
+            per_run = np.einsum("rn,knw->rkw", weights, stats)  # each run's statistics on each resample
+            picks = run_rng.integers(len(stats), size=(rows, len(stats)))
+            summed = np.rint(np.take_along_axis(per_run, picks[:, :, None], axis=1).sum(1)).astype(np.int64)
+            for r in range(rows):
+                out[start + r] = _score(summed[r])
+    return scores[0], scores[1]
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
@@ -146,9 +146,10 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class PairedBootstrap:
-    """The result of :func:`paired_bootstrap_bleu` (or :func:`bootstrap_bleu_over_runs`): BLEU of both systems on all sentences, their
-    difference ``bleu_a - bleu_b``, the 95% interval ``[low, high]`` of that difference over the
-    resamples, and the share of resamples on which a scored higher than b."""
+    """The result of :func:`paired_bootstrap_bleu` or :func:`bootstrap_bleu_over_runs`: BLEU of both
+    systems on all sentences, their difference ``bleu_a - bleu_b``, the 95% interval ``[low, high]``
+    of that difference over the resamples, and the share of resamples on which a scored higher than
+    b."""
 
     bleu_a: float
     bleu_b: float
@@ -165,6 +166,25 @@ class PairedBootstrap:
         """True when the whole interval lies on one side of 0: the sign of the difference is more
         than the noise of the sample of sentences."""
         return self.low > 0 or self.high < 0
+
+
+def _check_draws(refs: list[str], resamples: int, seed: int) -> None:
+    if not refs:
+        raise ValueError("refs is empty; the bootstrap needs at least one sentence")
+    _checks.positive_int("resamples", resamples)
+    _checks.integer("seed", seed, minimum=0)
+
+
+def _compare(stats_a: np.ndarray, stats_b: np.ndarray, resamples: int, seed: int) -> PairedBootstrap:
+    """:class:`PairedBootstrap` of two systems' int64 :func:`sentence_statistics`, ``(n, width)``
+    each or ``(runs, n, width)`` for recipes trained several times (see :func:`_resample_scores`).
+    A system's BLEU is that of all its statistics summed: of all its runs' translations together."""
+    bleu_a, bleu_b = (_score(s.reshape(-1, s.shape[-1]).sum(0)) for s in (stats_a, stats_b))
+    scores_a, scores_b = _resample_scores(stats_a, stats_b, resamples, seed)
+    low, high = _interval(scores_a - scores_b)
+    return PairedBootstrap(bleu_a=bleu_a, bleu_b=bleu_b, difference=bleu_a - bleu_b, low=low, high=high,
+                           share_a_better=float(np.mean(scores_a > scores_b)), sentences=stats_a.shape[-2],
+                           resamples=resamples, seed=seed)
 
 
 def paired_bootstrap_bleu(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Sequence[str],
@@ -186,17 +206,8 @@ def paired_bootstrap_bleu(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Se
     if not len(hyps_a) == len(hyps_b) == len(refs):
         raise ValueError(f"hyps_a ({len(hyps_a)}), hyps_b ({len(hyps_b)}) and refs ({len(refs)}) must "
                          "have the same length: both systems translate the same sentences")
-    if not refs:
-        raise ValueError("refs is empty; the bootstrap needs at least one sentence")
-    _checks.positive_int("resamples", resamples)
-    _checks.integer("seed", seed, minimum=0)
-    stats_a, stats_b = sentence_statistics(hyps_a, refs), sentence_statistics(hyps_b, refs)
-    bleu_a, bleu_b = _score(stats_a.sum(0)), _score(stats_b.sum(0))
-    scores_a, scores_b = _resample_scores(stats_a, stats_b, resamples, seed)
-    low, high = _interval(scores_a - scores_b)
-    return PairedBootstrap(bleu_a=bleu_a, bleu_b=bleu_b, difference=bleu_a - bleu_b, low=low, high=high,
-                           share_a_better=float(np.mean(scores_a > scores_b)), sentences=len(refs),
-                           resamples=resamples, seed=seed)
+    _check_draws(refs, resamples, seed)
+    return _compare(sentence_statistics(hyps_a, refs), sentence_statistics(hyps_b, refs), resamples, seed)
 
 
 def bootstrap_bleu_over_runs(runs_a: Sequence[Sequence[str]], runs_b: Sequence[Sequence[str]],
@@ -214,10 +225,7 @@ def bootstrap_bleu_over_runs(runs_a: Sequence[Sequence[str]], runs_b: Sequence[S
     One run each gives exactly :func:`paired_bootstrap_bleu`; so do several identical runs (BLEU
     of the summed statistics does not change when every count is multiplied by the same number)."""
     refs = _strings("refs", refs)
-    if not refs:
-        raise ValueError("refs is empty; the bootstrap needs at least one sentence")
-    _checks.positive_int("resamples", resamples)
-    _checks.integer("seed", seed, minimum=0)
+    _check_draws(refs, resamples, seed)
     stats = []
     for name, runs in (("runs_a", runs_a), ("runs_b", runs_b)):
         if isinstance(runs, (str, bytes)) or not isinstance(runs, Sequence) or not runs:
@@ -228,20 +236,5 @@ def bootstrap_bleu_over_runs(runs_a: Sequence[Sequence[str]], runs_b: Sequence[S
             if len(run) != len(refs):
                 raise ValueError(f"{name}[{i}] holds {len(run)} translations but refs holds {len(refs)}: "
                                  "every run translates the same sentences")
-        stats.append(np.stack([sentence_statistics(run, refs) for run in hyps]).astype(np.float64))
-    (stats_a, stats_b), n = stats, len(refs)
-    bleu_a, bleu_b = _score(np.rint(stats_a.sum((0, 1)))), _score(np.rint(stats_b.sum((0, 1))))
-    run_rng = np.random.default_rng([seed, 1])  # the runs: a stream apart from the sentences'
-    scores_a, scores_b = np.empty(resamples), np.empty(resamples)
-    for start, weights in _sentence_weights(n, resamples, seed):  # the sentences: as paired_bootstrap_bleu
-        rows = len(weights)
-        for scores, s in ((scores_a, stats_a), (scores_b, stats_b)):
-            per_run = np.einsum("rn,knw->rkw", weights, s)  # each run's statistics on each resample
-            picks = run_rng.integers(len(s), size=(rows, len(s)))
-            summed = np.rint(np.take_along_axis(per_run, picks[:, :, None], axis=1).sum(1)).astype(np.int64)
-            for r in range(rows):
-                scores[start + r] = _score(summed[r])
-    low, high = _interval(scores_a - scores_b)
-    return PairedBootstrap(bleu_a=bleu_a, bleu_b=bleu_b, difference=bleu_a - bleu_b, low=low, high=high,
-                           share_a_better=float(np.mean(scores_a > scores_b)), sentences=n,
-                           resamples=resamples, seed=seed)
+        stats.append(np.stack([sentence_statistics(run, refs) for run in hyps]))
+    return _compare(stats[0], stats[1], resamples, seed)

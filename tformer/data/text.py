@@ -9,6 +9,7 @@ decided in one place, :mod:`tformer.recipes.translation`.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -235,14 +236,17 @@ class BPETokenizer:
                             f"got {type(rng).__name__}")
         return self._sample(text, dropout, rng)
 
+    @functools.cached_property
+    def _merge_ranks(self) -> dict[tuple[str, str], int]:
+        """``(left, right) -> rank`` of every merge, in the order training learnt them."""
+        merges = json.loads(self.tokenizer.to_str())["model"]["merges"]
+        return {tuple(m.split(" ") if isinstance(m, str) else m): rank for rank, m in enumerate(merges)}
+
     def _sample(self, text: str, dropout: float, rng: random.Random) -> list[str]:
         """BPE in Python, one word at a time: the lowest-ranked mergeable pair (leftmost on a tie) is
         merged until none is left; a pair skipped by ``dropout`` stays skipped for that step only.
         With ``dropout=0`` it gives the Rust library's pieces (a test checks every training sentence)."""
-        if not hasattr(self, "_ranks"):
-            model = json.loads(self.tokenizer.to_str())["model"]
-            self._ranks = {tuple(m.split(" ") if isinstance(m, str) else m): r for r, m in enumerate(model["merges"])}
-        ranks, known, unk = self._ranks, self.vocab.stoi, SPECIALS[3]
+        ranks, known, unk = self._merge_ranks, self.vocab.stoi, SPECIALS[3]
         words = self.tokenizer.pre_tokenizer.pre_tokenize_str(self.tokenizer.normalizer.normalize_str(text))
         out: list[str] = []
         for word, _ in words:

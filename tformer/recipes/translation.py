@@ -368,8 +368,6 @@ def train_translation(
         config = s.model_config(len(tok.src_vocab), len(tok.tgt_vocab), tok.src_vocab.pad_id)
         check_model_size(config, training=True)  # before anything is allocated
         model = Transformer(config).to(device)
-    if s.bpe_dropout and tok.bpe is None:
-        raise ValueError(f"bpe_dropout={s.bpe_dropout} needs tokenizer='bpe'; this run splits English by {tok.kind}")
     optimizer = make_optimizer(model)
     scheduler = noam_scheduler(optimizer, model.config.d_model, s.warmup, s.lr_factor)
     state = None
