@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass, field
 
@@ -134,6 +135,37 @@ def train_curve(cfg: RunConfig, info: DistInfo | None = None, progress: bool = F
         dist.all_gather_object(gathered, tokens[0])
         tokens = gathered
     return {"loss": loss, "tokens": tokens, "world_size": world, "config": dataclasses.asdict(cfg)}
+
+
+# What a gloo process can print when it is torn down while its peer still uses the connection: the
+# work is done and saved, only the exit fails. launch() runs again on this failure and no other.
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def launch_command(nproc: int, out: str | os.PathLike, *args: str) -> list[str]:
+    """The torchrun command that runs this demo on ``nproc`` processes of this machine, writing
+    ``out/loss.json`` (``args``: more options of :func:`main`, such as ``"--steps", "20"``)."""
+    nproc = _checks.positive_int("nproc", nproc)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "tformer.recipes.ddp_demo", *args, "--out", str(out)]
+
+
+def launch(nproc: int, out: str | os.PathLike, *args: str, timeout: float | None = None,
+           retries: int = 1) -> subprocess.CompletedProcess:
+    """Run :func:`launch_command` and return the finished process (its output captured as text).
+
+    A launch whose only fault is gloo's teardown abort (:data:`GLOO_TEARDOWN_ABORT`) is run again,
+    at most ``retries`` times; any other failure, or the abort once more, raises ``RuntimeError``
+    with the end of the processes' error output."""
+    retries = _checks.int_at_least("retries", retries, 0)
+    cmd = launch_command(nproc, out, *args)
+    for _ in range(retries + 1):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if done.returncode == 0 or GLOO_TEARDOWN_ABORT not in done.stderr:
+            break
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} exited with code {done.returncode}:\n{done.stderr[-3000:]}")
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
