@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, str] = {
     "gpt": "tformer.benchmarks.gpt",
     "translation": "tformer.benchmarks.translation",
     "precision": "tformer.benchmarks.precision",
+    "step": "tformer.benchmarks.step",
     "smollm2": "tformer.benchmarks.smollm2",
 }
 

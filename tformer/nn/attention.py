@@ -15,6 +15,7 @@ from torch import nn
 
 import tformer._checks as _checks
 from tformer.masks import causal_mask, check_mask
+from tformer.nn.dropout import dropout
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -68,7 +69,7 @@ def scaled_dot_product_attention(
     if mask is not None:
         weights = weights.masked_fill(~mask, 0.0)
     if dropout_p > 0.0:
-        weights = F.dropout(weights, p=dropout_p)
+        weights = dropout(weights, dropout_p)
     return weights @ v, weights
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 import tformer._checks as _checks
 from tformer.masks import padding_mask
+from tformer.nn.dropout import Dropout
 from tformer.nn.layers import ACTIVATIONS, EncoderLayer
 from tformer.nn.positional import LearnedPositionalEmbedding
 
@@ -120,7 +121,7 @@ class BertEmbeddings(nn.Module):
         self.token_type = nn.Embedding(config.type_vocab_size, config.d_model)
         self.position = LearnedPositionalEmbedding(config.max_len, config.d_model)
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         """``input_ids``, ``token_type_ids`` (B, T) → (B, T, d_model)."""

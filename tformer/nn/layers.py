@@ -24,6 +24,7 @@ from torch import nn
 
 import tformer._checks as _checks
 from tformer.nn.attention import KVCache, MultiHeadAttention
+from tformer.nn.dropout import Dropout
 
 ACTIVATIONS = ("relu", "gelu")
 
@@ -74,7 +75,7 @@ class FeedForward(nn.Module):
         self.activation = _check_activation(activation)
         self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias)  # W_1, b_1
         self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias)  # W_2, b_2
-        self.dropout = nn.Dropout(_checks.probability("dropout", dropout))
+        self.dropout = Dropout(_checks.probability("dropout", dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (..., d_model) → (..., d_model)."""
@@ -128,8 +129,8 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(d_model, dim_feedforward, act_p, activation, bias)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def _sa(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
         return self.dropout1(self.self_attn(x, x, x, mask=mask, is_causal=is_causal))
@@ -186,9 +187,9 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
 
     def _sa(self, x, mask, cache, is_causal):  # masked self-attention block
         return self.dropout1(self.self_attn(x, x, x, mask=mask, cache=cache, is_causal=is_causal))

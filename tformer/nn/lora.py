@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import tformer._checks as _checks
+from tformer.nn.dropout import Dropout
 
 
 class LoRALinear(nn.Module):
@@ -41,7 +42,7 @@ class LoRALinear(nn.Module):
         self.base = base
         self.rank, self.alpha = rank, float(alpha)
         self.scaling = alpha / rank
-        self.dropout = nn.Dropout(_checks.probability("dropout", dropout))
+        self.dropout = Dropout(_checks.probability("dropout", dropout))
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import tformer._checks as _checks
+from tformer.nn.dropout import Dropout
 
 
 def sinusoidal_encoding(max_len: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
@@ -58,7 +59,7 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
         self.register_buffer("pe", sinusoidal_encoding(max_len, d_model), persistent=False)
-        self.dropout = nn.Dropout(_checks.probability("dropout", dropout))
+        self.dropout = Dropout(_checks.probability("dropout", dropout))
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """``x`` (B, T, d_model) → x + PE[start:start+T]; ``start`` > 0 when decoding with a cache."""
@@ -74,7 +75,7 @@ class LearnedPositionalEmbedding(nn.Module):
         self.d_model = _checks.positive_int("d_model", d_model)
         self.max_len = _checks.positive_int("max_len", max_len)
         self.embedding = nn.Embedding(max_len, d_model)
-        self.dropout = nn.Dropout(_checks.probability("dropout", dropout))
+        self.dropout = Dropout(_checks.probability("dropout", dropout))
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """``x`` (B, T, d_model) → x + E[start:start+T]."""

@@ -30,6 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import tformer._checks as _checks
 from tformer.masks import check_mask, padding_mask
 from tformer.nn.attention import KVCache
+from tformer.nn.dropout import Dropout
 
 ATTENTIONS = ("none", "additive")
 
@@ -128,7 +129,7 @@ class GRUEncoder(nn.Module):
     def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, dropout: float) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.rnn = nn.GRU(embed_dim, hidden_size, batch_first=True, bidirectional=True)
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -184,7 +185,7 @@ class GRUDecoder(nn.Module):
         super().__init__()
         E, H = config.embed_dim, config.hidden_size
         self.embed = nn.Embedding(config.tgt_vocab_size, E)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.init_state = nn.Linear(2 * H, H)  # s_0 = tanh(W_s [→h_S ; ←h_1])
         self.attention = AdditiveAttention(H, 2 * H, H) if config.attention == "additive" else None
         self.rnn = nn.GRU(E + 2 * H, H, batch_first=True)

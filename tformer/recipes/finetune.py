@@ -41,6 +41,7 @@ from tformer.data.batches import pad_rows
 from tformer.data.sources import chinese_reviews, tiny_shakespeare
 from tformer.inference.generation import generate
 from tformer.masks import padding_mask
+from tformer.nn.dropout import Dropout
 from tformer.nn.lora import apply_lora
 from tformer.nn.transformer import Transformer, count_parameters
 from tformer.pretrained import load_smollm2
@@ -53,6 +54,7 @@ from tformer.recipes.translation import (
 )
 from tformer.runtime import autocast_context, peak_memory, resolve_precision
 from tformer.training.checkpoint import write_json
+from tformer.training.optim import can_fuse
 
 LM_MODES = ("frozen", "lora", "full")
 SENTIMENT_ARMS = ("finetuned", "frozen", "scratch")
@@ -288,7 +290,7 @@ class SentimentClassifier(nn.Module):
         c = transformer.config
         self.d_model, self.pad_id, self.vocab_size, self.max_len = c.d_model, c.pad_id, c.src_vocab_size, c.max_len
         self.src_embed, self.pos, self.encoder = transformer.src_embed, transformer.pos, transformer.encoder
-        self.dropout = nn.Dropout(_checks.probability("dropout", dropout))
+        self.dropout = Dropout(_checks.probability("dropout", dropout))
         self.head = nn.Linear(c.d_model, num_classes)
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
@@ -414,7 +416,8 @@ def sentiment_run(arm: str, translator_dir, settings: SentimentSettings | None =
     else:
         model.requires_grad_(True)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": s.lr}]
-    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.98), eps=1e-9)
+    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.98), eps=1e-9,
+                                 fused=can_fuse([p for g in groups for p in g["params"]]))
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     splits = sentiment_splits(chinese_reviews(), s.test_size, s.train_size, seed=s.seed)
