@@ -35,20 +35,18 @@ from __future__ import annotations
 import copy
 import os
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from tformer.benchmarks import describe_machine, flops_per_token, machine_info, module_main
+from tformer.benchmarks.race import ChunkedRun, clock
 from tformer.data.batches import RandomWindows
 from tformer.data.sources import tiny_shakespeare
 from tformer.nn.transformer import Transformer
 from tformer.recipes.language_model import CharLMSettings, new_char_gpt, split_text
 from tformer.recipes.translation import Settings, Tokenizers, load_data
 from tformer.runtime import bf16_speedup, native_bf16, resolve_precision
-from tformer.training.loop import TrainState, train_epoch
 from tformer.training.objectives import LabelSmoothingLoss
 from tformer.training.optim import (
     make_adamw,
@@ -58,14 +56,6 @@ from tformer.training.optim import (
 )
 
 PRECISIONS = {"float32": torch.float32, "bf16": torch.bfloat16}
-
-
-def clock() -> tuple[str, Callable[[], float]]:
-    """``("CPU time", time.process_time)`` with one torch thread, else ``("wall-clock time",
-    time.perf_counter)`` (see the module docstring)."""
-    if torch.get_num_threads() == 1:
-        return "CPU time", time.process_time
-    return "wall-clock time", time.perf_counter
 
 
 def matmul_peaks(sizes: tuple[int, ...], repeats: int) -> dict[str, tuple[float, int]]:
@@ -99,25 +89,8 @@ def translation_flops(model: nn.Module, batch) -> float:
     return float(linear + attention)
 
 
-class _Run:
-    """One model in one precision with its own optimizer and schedule, trained chunk by chunk."""
-
-    def __init__(self, model, make_optimizer, batches, loss_fn, clip_norm, precision) -> None:
-        self.model, self.batches, self.loss_fn, self.clip = model, batches, loss_fn, clip_norm
-        self.optimizer, self.scheduler = make_optimizer(model)
-        self.precision, self.state, self.chunks = precision, TrainState(), []
-
-    def train(self, steps: int) -> None:
-        now = clock()[1]
-        t0 = now()
-        train_epoch(self.model, self.batches, self.loss_fn, self.optimizer, self.scheduler,
-                    clip_norm=self.clip, precision=self.precision, state=self.state,
-                    max_steps=self.state.step + steps, progress=False)
-        self.chunks.append((now() - t0) / steps)
-
-
-def _race(model, make_optimizer, batches, loss_fn, clip_norm, chunk, rounds) -> dict[str, _Run]:
-    runs = {name: _Run(copy.deepcopy(model), make_optimizer, batches, loss_fn, clip_norm, dt)
+def _race(model, make_optimizer, batches, loss_fn, clip_norm, chunk, rounds) -> dict[str, ChunkedRun]:
+    runs = {name: ChunkedRun(copy.deepcopy(model), make_optimizer, batches, loss_fn, clip_norm, dt)
             for name, dt in PRECISIONS.items()}
     order = list(runs.values())
     for r in range(rounds + 1):  # round 0 is the warm-up
@@ -126,7 +99,7 @@ def _race(model, make_optimizer, batches, loss_fn, clip_norm, chunk, rounds) -> 
     return runs
 
 
-def _summarise(name: str, runs: dict[str, _Run], flops_per_step: float, peaks: dict) -> tuple[dict, list]:
+def _summarise(name: str, runs: dict[str, ChunkedRun], flops_per_step: float, peaks: dict) -> tuple[dict, list]:
     f32, bf16 = runs["float32"], runs["bf16"]
     ratios = [a / b for a, b in zip(f32.chunks[1:], bf16.chunks[1:])]
     q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3

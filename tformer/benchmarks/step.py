@@ -15,7 +15,7 @@ in four variants, from the same initial weights on the same batches:
 The variants take turns in chunks of steps, in an order that reverses every round, so a change in
 machine load hits all of them; each speed-up is the median over the rounds of the reference
 chunk's time over the variant's, with its quartiles, and the first round is a warm-up. The clock is
-:func:`tformer.benchmarks.precision.clock`'s. Run ``python -m tformer.benchmarks.step``.
+:func:`tformer.benchmarks.race.clock`'s. Run ``python -m tformer.benchmarks.step``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from tformer.benchmarks import describe_machine, machine_info, module_main
-from tformer.benchmarks.precision import _Run, clock
+from tformer.benchmarks.race import ChunkedRun, clock
 from tformer.nn.dropout import Dropout
 from tformer.nn.transformer import Transformer
 from tformer.recipes.translation import Settings, Tokenizers, load_data
@@ -81,7 +81,7 @@ def run(quick: bool = False) -> dict:
             return opt, noam_scheduler(opt, m.config.d_model, s.warmup, s.lr_factor)
 
         copy_ = copy.deepcopy(model) if ours else with_torch_dropout(model)
-        runs[label] = _Run(copy_, optimizer, batches, loss_fn, s.clip_norm, "float32")
+        runs[label] = ChunkedRun(copy_, optimizer, batches, loss_fn, s.clip_norm, "float32")
     order = list(runs.values())
     for r in range(rounds + 1):  # round 0 is the warm-up
         for one in order if r % 2 == 0 else order[::-1]:

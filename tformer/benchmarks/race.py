@@ -1,0 +1,41 @@
+"""What the benchmarks that race training variants share: the clock and a run trained chunk by chunk.
+
+The variants of a race (two precisions in :mod:`tformer.benchmarks.precision`, four ways to drop
+and to step in :mod:`tformer.benchmarks.step`) each train their own copy of a model and take turns
+in chunks of steps, so that a change in machine load hits all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from tformer.training.loop import TrainState, train_epoch
+
+
+def clock() -> tuple[str, Callable[[], float]]:
+    """``("CPU time", time.process_time)`` with one torch thread, else ``("wall-clock time",
+    time.perf_counter)``: :mod:`tformer.benchmarks.precision` says why."""
+    if torch.get_num_threads() == 1:
+        return "CPU time", time.process_time
+    return "wall-clock time", time.perf_counter
+
+
+class ChunkedRun:
+    """One model with its own optimizer and schedule, trained chunk by chunk; ``chunks`` holds each
+    chunk's time per step by :func:`clock`."""
+
+    def __init__(self, model, make_optimizer, batches, loss_fn, clip_norm, precision) -> None:
+        self.model, self.batches, self.loss_fn, self.clip = model, batches, loss_fn, clip_norm
+        self.optimizer, self.scheduler = make_optimizer(model)
+        self.precision, self.state, self.chunks = precision, TrainState(), []
+
+    def train(self, steps: int) -> None:
+        now = clock()[1]
+        t0 = now()
+        train_epoch(self.model, self.batches, self.loss_fn, self.optimizer, self.scheduler,
+                    clip_norm=self.clip, precision=self.precision, state=self.state,
+                    max_steps=self.state.step + steps, progress=False)
+        self.chunks.append((now() - t0) / steps)
