@@ -187,3 +187,20 @@ def test_the_step_benchmark_reports_every_variant_against_the_reference():
         assert m[f"{key}_speedup_q1"] <= m[f"{key}_speedup"] <= m[f"{key}_speedup_q3"]
         assert m[f"{key}_ms_per_step"] > 0
     assert f"{m['both_speedup']:.2f}×" in result["summary"]
+
+
+def test_a_race_takes_turns_in_an_order_that_reverses_every_round():
+    from tformer.benchmarks.race import race
+
+    seen = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def train(self, steps):
+            seen.append((self.name, steps))
+
+    runs = {n: Fake(n) for n in "abc"}
+    assert race(runs, 5, 2) is runs
+    assert seen == [(n, 5) for n in "abccbaabc"]  # round 0 (warm-up), then 2 counted rounds

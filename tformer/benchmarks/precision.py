@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from tformer.benchmarks import describe_machine, flops_per_token, machine_info, module_main
-from tformer.benchmarks.race import ChunkedRun, clock
+from tformer.benchmarks.race import ChunkedRun, clock, race
 from tformer.data.batches import RandomWindows
 from tformer.data.sources import tiny_shakespeare
 from tformer.nn.transformer import Transformer
@@ -90,13 +90,8 @@ def translation_flops(model: nn.Module, batch) -> float:
 
 
 def _race(model, make_optimizer, batches, loss_fn, clip_norm, chunk, rounds) -> dict[str, ChunkedRun]:
-    runs = {name: ChunkedRun(copy.deepcopy(model), make_optimizer, batches, loss_fn, clip_norm, dt)
-            for name, dt in PRECISIONS.items()}
-    order = list(runs.values())
-    for r in range(rounds + 1):  # round 0 is the warm-up
-        for run in order if r % 2 == 0 else order[::-1]:
-            run.train(chunk)
-    return runs
+    return race({name: ChunkedRun(copy.deepcopy(model), make_optimizer, batches, loss_fn, clip_norm, dt)
+                 for name, dt in PRECISIONS.items()}, chunk, rounds)
 
 
 def _summarise(name: str, runs: dict[str, ChunkedRun], flops_per_step: float, peaks: dict) -> tuple[dict, list]:

@@ -39,3 +39,13 @@ class ChunkedRun:
                     clip_norm=self.clip, precision=self.precision, state=self.state,
                     max_steps=self.state.step + steps, progress=False)
         self.chunks.append((now() - t0) / steps)
+
+
+def race(runs: dict[str, ChunkedRun], chunk: int, rounds: int) -> dict[str, ChunkedRun]:
+    """Train every run for ``rounds + 1`` rounds of ``chunk`` steps, taking turns in an order that
+    reverses every round; round 0 warms the kernels up, so read ``chunks[1:]``."""
+    order = list(runs.values())
+    for r in range(rounds + 1):
+        for run in order if r % 2 == 0 else order[::-1]:
+            run.train(chunk)
+    return runs

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from tformer.benchmarks import describe_machine, machine_info, module_main
-from tformer.benchmarks.race import ChunkedRun, clock
+from tformer.benchmarks.race import ChunkedRun, clock, race
 from tformer.nn.dropout import Dropout
 from tformer.nn.transformer import Transformer
 from tformer.recipes.translation import Settings, Tokenizers, load_data
@@ -80,12 +80,9 @@ def run(quick: bool = False) -> dict:
             opt = torch.optim.Adam(m.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9, fused=fused)
             return opt, noam_scheduler(opt, m.config.d_model, s.warmup, s.lr_factor)
 
-        copy_ = copy.deepcopy(model) if ours else with_torch_dropout(model)
-        runs[label] = ChunkedRun(copy_, optimizer, batches, loss_fn, s.clip_norm, "float32")
-    order = list(runs.values())
-    for r in range(rounds + 1):  # round 0 is the warm-up
-        for one in order if r % 2 == 0 else order[::-1]:
-            one.train(chunk)
+        variant = copy.deepcopy(model) if ours else with_torch_dropout(model)
+        runs[label] = ChunkedRun(variant, optimizer, batches, loss_fn, s.clip_norm, "float32")
+    race(runs, chunk, rounds)
     load += [os.getloadavg()[0]] if load else []
 
     ref = runs[REFERENCE].chunks[1:]
