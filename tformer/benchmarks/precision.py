@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from tformer.benchmarks import describe_machine, flops_per_token, machine_info, module_main
-from tformer.benchmarks.race import ChunkedRun, clock, race
+from tformer.benchmarks.race import ChunkedRun, clock, race, speedup
 from tformer.data.batches import RandomWindows
 from tformer.data.sources import tiny_shakespeare
 from tformer.nn.transformer import Transformer
@@ -95,10 +95,8 @@ def _race(model, make_optimizer, batches, loss_fn, clip_norm, chunk, rounds) -> 
 
 
 def _summarise(name: str, runs: dict[str, ChunkedRun], flops_per_step: float, peaks: dict) -> tuple[dict, list]:
-    f32, bf16 = runs["float32"], runs["bf16"]
-    ratios = [a / b for a, b in zip(f32.chunks[1:], bf16.chunks[1:])]
-    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
-    metrics = {"speedup": statistics.median(ratios), "speedup_q1": q1, "speedup_q3": q3}
+    med, q1, q3 = speedup(runs["float32"], runs["bf16"])
+    metrics = {"speedup": med, "speedup_q1": q1, "speedup_q3": q3}
     rows = []
     for label, run in runs.items():
         s = statistics.median(run.chunks[1:])

@@ -7,6 +7,7 @@ in chunks of steps, so that a change in machine load hits all of them.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -49,3 +50,11 @@ def race(runs: dict[str, ChunkedRun], chunk: int, rounds: int) -> dict[str, Chun
         for run in order if r % 2 == 0 else order[::-1]:
             run.train(chunk)
     return runs
+
+
+def speedup(reference: ChunkedRun, run: ChunkedRun) -> tuple[float, float, float]:
+    """``(median, first quartile, third quartile)`` over the counted rounds of ``reference``'s time
+    per step divided by ``run``'s: above 1 means ``run`` is the faster."""
+    ratios = [a / b for a, b in zip(reference.chunks[1:], run.chunks[1:])]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return statistics.median(ratios), q1, q3

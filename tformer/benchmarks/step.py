@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from tformer.benchmarks import describe_machine, machine_info, module_main
-from tformer.benchmarks.race import ChunkedRun, clock, race
+from tformer.benchmarks.race import ChunkedRun, clock, race, speedup
 from tformer.nn.dropout import Dropout
 from tformer.nn.transformer import Transformer
 from tformer.recipes.translation import Settings, Tokenizers, load_data
@@ -36,11 +36,11 @@ from tformer.training.objectives import LabelSmoothingLoss
 from tformer.training.optim import noam_scheduler
 
 REFERENCE = "torch.nn.Dropout, Adam loop (PyTorch's CPU defaults)"
-VARIANTS = {  # label -> (tformer's dropout?, fused Adam?)
-    REFERENCE: (False, False),
-    "tformer Dropout, Adam loop": (True, False),
-    "torch.nn.Dropout, fused Adam": (False, True),
-    "tformer Dropout, fused Adam (tformer's default)": (True, True),
+VARIANTS = {  # label -> (key of its metrics, tformer's dropout?, fused Adam?)
+    REFERENCE: ("reference", False, False),
+    "tformer Dropout, Adam loop": ("dropout", True, False),
+    "torch.nn.Dropout, fused Adam": ("fused_adam", False, True),
+    "tformer Dropout, fused Adam (tformer's default)": ("both", True, True),
 }
 
 
@@ -75,7 +75,7 @@ def run(quick: bool = False) -> dict:
     load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
 
     runs = {}
-    for label, (ours, fused) in VARIANTS.items():
+    for label, (_, ours, fused) in VARIANTS.items():
         def optimizer(m, fused=fused):
             opt = torch.optim.Adam(m.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9, fused=fused)
             return opt, noam_scheduler(opt, m.config.d_model, s.warmup, s.lr_factor)
@@ -85,16 +85,12 @@ def run(quick: bool = False) -> dict:
     race(runs, chunk, rounds)
     load += [os.getloadavg()[0]] if load else []
 
-    ref = runs[REFERENCE].chunks[1:]
     metrics, rows = {}, []
     for label, one in runs.items():
-        ratios = [a / b for a, b in zip(ref, one.chunks[1:])]
-        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
-        med = statistics.median(ratios)
+        med, q1, q3 = speedup(runs[REFERENCE], one)
         ms = 1000 * statistics.median(one.chunks[1:])
         tail = one.state.history["step_loss"][-20:]
-        key = {(False, False): "reference", (True, False): "dropout", (False, True): "fused_adam",
-               (True, True): "both"}[VARIANTS[label]]
+        key = VARIANTS[label][0]
         metrics.update({f"{key}_ms_per_step": ms, f"{key}_speedup": med, f"{key}_speedup_q1": q1,
                         f"{key}_speedup_q3": q3})
         rows.append({"variant": label, "ms/step (median)": round(ms, 1),

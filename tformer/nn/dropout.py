@@ -18,6 +18,8 @@ PyTorch's own generator is fast, and while ``torch.compile`` traces, it is ``F.d
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,12 +38,14 @@ def level(p: float) -> int:
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A bool tensor of ``shape``, each element False (dropped) with probability ``level(p) / 65536``,
     which is ``p`` to within 1/131,072, drawn from PyTorch's default generator for ``device``."""
-    drop = level(p)
+    return _keep_mask(shape, level(p), device)
+
+
+def _keep_mask(shape: torch.Size | tuple[int, ...], drop: int, device: torch.device | str) -> torch.Tensor:
+    """:func:`keep_mask` for ``drop = level(p)``, already checked."""
     if drop == _LEVELS:  # no 16-bit value lies at or above 32768: nothing is kept
         return torch.zeros(shape, dtype=torch.bool, device=device)
-    n = 1
-    for size in shape:
-        n *= int(size)
+    n = math.prod(shape)
     # random_ with from = -2**63 and no upper bound draws all 64 bits of each number
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     return bits.view(torch.int16)[:n].view(shape) >= drop - _LEVELS // 2
@@ -59,7 +63,7 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Ten
         return x
     if x.device.type != "cpu" or not x.is_floating_point() or drop == _LEVELS or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
-    return x * keep_mask(x.shape, p, x.device) * (_LEVELS / (_LEVELS - drop))
+    return x * _keep_mask(x.shape, drop, x.device) * (_LEVELS / (_LEVELS - drop))
 
 
 class Dropout(nn.Dropout):
