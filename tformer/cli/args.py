@@ -28,6 +28,8 @@ SETTING_HELP = {
     "alpha": "length penalty of that beam search; ",
     "cooldown": "the last fraction of the run (of its time limit, or of its steps) in which the learning "
                 "rate falls linearly to 0 (0: none); ",
+    "concat": "each epoch, add this share of the training pairs again, each joined to another random pair "
+              "(Chinese to Chinese, English to English; new joinings every epoch; 0: none); ",
     "bpe_dropout": "BPE-dropout of the English training sentences: each merge is skipped with this "
                    "probability, so words come in varied pieces every epoch (0: none; needs --tokenizer bpe); ",
 }

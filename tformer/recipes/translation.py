@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import tformer._checks as _checks
+from tformer.data.augment import concatenate_pairs
 from tformer.data.corpus import Pair
 from tformer.data.text import SPECIALS
 from tformer.inference.attention_maps import cross_attention
@@ -86,6 +87,7 @@ class Settings:
     clip_norm: float = 1.0  # global gradient-norm clipping
     cooldown: float = 0.0  # the last fraction of the run, in which the rate falls linearly to 0 (0: none)
     bpe_dropout: float = 0.0  # BPE-dropout of the English training pieces (Provilkov et al., 2020; 0: none)
+    concat: float = 0.0  # joined training pairs added per epoch, as a share of the pairs (Nguyen et al., 2021; 0: none)
     epochs: int = 10
     max_minutes: float | None = 3.0  # stop training after this long (None: only epochs)
     seed: int = 0
@@ -113,6 +115,7 @@ class Settings:
         _checks.positive_float("clip_norm", self.clip_norm)
         _checks.probability("cooldown", self.cooldown, upper_inclusive=True)
         _checks.probability("bpe_dropout", self.bpe_dropout)
+        _checks.probability("concat", self.concat, upper_inclusive=True)
         _checks.real_between("alpha", self.alpha, -1e-12, 10.0, "a length penalty in [0, 10), e.g. 0.6")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
@@ -400,7 +403,8 @@ def train_translation(
     with lock_directory(out_dir) if out_dir is not None else contextlib.nullcontext():
         state = fit(
             model,
-            lambda epoch: batches(splits["train"], shuffle=True, seed=s.seed * 1000 + epoch, bpe_dropout=s.bpe_dropout),
+            lambda epoch: batches(concatenate_pairs(splits["train"], s.concat, seed=s.seed * 1000 + epoch),
+                                  shuffle=True, seed=s.seed * 1000 + epoch, bpe_dropout=s.bpe_dropout),
             valid,
             epochs=s.epochs, loss_fn=LabelSmoothingLoss(s.smoothing, ignore_index=tok.tgt_vocab.pad_id),
             optimizer=optimizer, scheduler=scheduler, state=state, device=device, clip_norm=s.clip_norm,
