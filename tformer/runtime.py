@@ -206,14 +206,13 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     (autocast: the weights, the optimizer state and the checkpoints stay float32).
 
     Args:
-        precision: ``"float32"`` (the default of every recipe and of the CLI for now: the
+        precision: ``"float32"`` (the default of every recipe and of the CLI: the
             chapters' outputs and the 15-minute Tatoeba recipe were measured in float32);
             ``"bf16"`` (a ``ValueError`` where the hardware has no bfloat16 arithmetic, because
             emulated bfloat16 is slower than float32); ``"auto"``: bfloat16 where
             :func:`native_bf16` says the hardware has it *and* :func:`bf16_speedup` measures a
             matrix product at least ``AUTO_MIN_SPEEDUP`` times faster (CPUs with AVX512-BF16 or
-            AMX, GPUs from Ampere on), else float32. The default will move to ``"auto"`` once the
-            Tatoeba recipe is re-tuned under it (issue 20).
+            AMX, GPUs from Ampere on), else float32.
         device: where the model trains.
     """
     device = _as_device(device)

@@ -159,8 +159,7 @@ def _parser(d, data: str = "builtin") -> argparse.ArgumentParser:
                    help="float32, bf16 (autocast; an error where the hardware has no bfloat16) or auto: "
                    "bf16 on CPUs with native bfloat16 (AVX512-BF16 or AMX) and GPUs that have it, when "
                    "a short measurement finds it faster, else float32. Weights and checkpoints stay "
-                   f"float32. Default: {d.precision}; it moves to auto once the Tatoeba recipe is "
-                   "re-tuned in bfloat16 (issue 20)")
+                   f"float32. Default: {d.precision}, the precision the Tatoeba recipe was chosen in")
     for f in fields(d):
         if f.name in ("max_minutes", "epochs", "model", "precision"):
             continue
